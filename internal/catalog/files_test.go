@@ -1,0 +1,102 @@
+package catalog_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/backstop-pve/backstop/internal/backup"
+	"github.com/backstop-pve/backstop/internal/catalog"
+)
+
+func file(path string, typ catalog.FileType, offset int64) catalog.FileEntry {
+	return catalog.FileEntry{Path: []byte(path), Type: typ, Mode: 0o644, UID: 100000, GID: 100000,
+		ModTime: time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC), Offset: offset}
+}
+
+func paths(fs []catalog.FileEntry) []string {
+	out := make([]string, len(fs))
+	for i, f := range fs {
+		out[i] = string(f.Path)
+	}
+	return out
+}
+
+func TestStore_Files(t *testing.T) {
+	s := newTestStore(t)
+	ctx := t.Context()
+	snap, err := s.CreateSnapshot(ctx, backup.Snapshot{Namespace: "default", Type: backup.GuestLXC, VMID: 200,
+		BackupTime: time.Date(2026, 11, 25, 22, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	latin1 := "/etc/caf\xe9" // not UTF-8
+	link := file("/etc/localtime", catalog.FileSymlink, 4096)
+	link.LinkTarget = []byte("/usr/share/zoneinfo/UTC")
+	batch1 := []catalog.FileEntry{file("/", catalog.FileDir, 0), file("/etc", catalog.FileDir, 512),
+		file("/etc/hosts", catalog.FileRegular, 1024), link}
+	batch2 := []catalog.FileEntry{file(latin1, catalog.FileRegular, 8192), file("/etc/ssl", catalog.FileDir, 9216)}
+	for _, b := range [][]catalog.FileEntry{batch1, batch2} {
+		if err := s.AddFiles(ctx, snap.ID, "root.tar", b); err != nil {
+			t.Fatalf("AddFiles: %v", err)
+		}
+	}
+	got, err := s.ListFiles(ctx, snap.ID, []byte("/etc"))
+	if err != nil {
+		t.Fatalf("ListFiles /etc: %v", err)
+	}
+	if want := []string{latin1, "/etc/hosts", "/etc/localtime", "/etc/ssl"}; !slices.Equal(paths(got), want) {
+		t.Fatalf("ListFiles /etc: %q, want %q", paths(got), want)
+	}
+	if got[2].Archive != "root.tar" || string(got[2].LinkTarget) != "/usr/share/zoneinfo/UTC" || got[2].Offset != 4096 ||
+		!got[2].ModTime.Equal(link.ModTime) || got[2].UID != 100000 || got[2].Mode != 0o644 {
+		t.Fatalf("ListFiles entry: %+v", got[2])
+	}
+	if got[1].LinkTarget != nil {
+		t.Fatalf("regular file has a link target: %+v", got[1])
+	}
+	if got, err := s.ListFiles(ctx, snap.ID, []byte("/")); err != nil || !slices.Equal(paths(got), []string{"/etc"}) {
+		t.Fatalf("ListFiles /: %q, %v", paths(got), err)
+	}
+	if got, err := s.ListFiles(ctx, snap.ID, []byte("/nope")); err != nil || len(got) != 0 {
+		t.Fatalf("ListFiles /nope: %q, %v", paths(got), err)
+	}
+	f, err := s.StatFile(ctx, snap.ID, "root.tar", []byte(latin1))
+	if err != nil || string(f.Path) != latin1 || f.Offset != 8192 {
+		t.Fatalf("StatFile: %+v, %v", f, err)
+	}
+	_, err = s.StatFile(ctx, snap.ID, "root.tar", []byte("/etc/shadow"))
+	wantKindT(t, "StatFile missing", err, backup.ErrNotFound)
+
+	wantKindT(t, "AddFiles duplicate path", s.AddFiles(ctx, snap.ID, "root.tar", batch1[2:3]), backup.ErrConflict)
+	for _, bad := range []string{"etc", "/etc/", "/etc//x", "/etc/../x", "/./x", "/a\x00b", ""} {
+		err := s.AddFiles(ctx, snap.ID, "root.tar", []catalog.FileEntry{file(bad, catalog.FileRegular, 0)})
+		wantKindT(t, "AddFiles "+bad, err, backup.ErrInvalid)
+		_, err = s.ListFiles(ctx, snap.ID, []byte(bad))
+		wantKindT(t, "ListFiles "+bad, err, backup.ErrInvalid)
+	}
+	wantKindT(t, "AddFiles bad type",
+		s.AddFiles(ctx, snap.ID, "root.tar", []catalog.FileEntry{file("/x", "socket", 0)}), backup.ErrInvalid)
+
+	if _, err := s.CommitSnapshot(ctx, snap.ID, 1, 1, nil); err != nil {
+		t.Fatalf("CommitSnapshot: %v", err)
+	}
+	wantKindT(t, "AddFiles after commit",
+		s.AddFiles(ctx, snap.ID, "root.tar", []catalog.FileEntry{file("/late", catalog.FileRegular, 0)}), backup.ErrConflict)
+	_, err = s.ListFiles(ctx, "0190f5c2-7c4e-7c3a-9f1e-3a4b5c6d7e8f", []byte("/"))
+	wantKindT(t, "ListFiles of a missing snapshot", err, backup.ErrNotFound)
+
+	if err := s.DeleteSnapshot(ctx, "default", snap.Name); err != nil {
+		t.Fatalf("DeleteSnapshot: %v", err)
+	}
+	_, err = s.ListFiles(ctx, snap.ID, []byte("/"))
+	wantKindT(t, "ListFiles after delete", err, backup.ErrNotFound)
+}
+
+func wantKindT(t *testing.T, what string, err, kind error) {
+	t.Helper()
+	if !errors.Is(err, kind) {
+		t.Fatalf("%s: got %v, want %v", what, err, kind)
+	}
+}
