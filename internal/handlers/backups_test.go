@@ -31,7 +31,9 @@ func TestBackupSession_Lifecycle(t *testing.T) {
 
 	r := s.doJSON("POST", "/api/v1/jobs", bk, map[string]any{"node": "pve1", "storage": "bs", "start_time": 1764108000})
 	wantStatus(t, r, http.StatusCreated)
-	var job struct{ ID string `json:"id"` }
+	var job struct {
+		ID string `json:"id"`
+	}
 	r.json(t, &job)
 
 	r = s.doJSON("POST", "/api/v1/backups", bk, map[string]any{

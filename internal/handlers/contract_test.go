@@ -131,7 +131,9 @@ func TestAuth_Namespaces(t *testing.T) {
 	other := s.doJSON("POST", "/api/v1/backups", adminToken,
 		map[string]any{"ns": "tenant-b", "storage": "bs", "vmid": 100, "type": "qemu", "backup_time": 1764108000})
 	wantStatus(t, other, http.StatusCreated)
-	var b struct{ ID string `json:"id"` }
+	var b struct {
+		ID string `json:"id"`
+	}
 	other.json(t, &b)
 	wantProblem(t, s.do("PUT", "/api/v1/backups/"+b.ID+"/config", tenant, "text/plain", strings.NewReader("x")),
 		http.StatusForbidden, "forbidden")

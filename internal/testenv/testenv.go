@@ -61,7 +61,7 @@ func PostgresDSN(t testing.TB) string {
 	}
 	defer admin.Close(context.Background())
 	name := "backstop_test_" + RandomSuffix()
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" STRATEGY file_copy"); err != nil {
 		t.Fatalf("create test database: %v", err)
 	}
 	t.Cleanup(func() {

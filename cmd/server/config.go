@@ -1,0 +1,162 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+)
+
+// secret is a configuration value that must never be printed or logged.
+type secret string
+
+func (s secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+func (s secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// Config is the whole server configuration. Every field has an environment
+// variable BACKSTOP_<NAME> and a flag --<name> (the flag wins).
+type Config struct {
+	Listen            string // BACKSTOP_LISTEN: HTTP address
+	NBDListen         string // BACKSTOP_NBD_LISTEN: NBD restore exports
+	NBDAdvertise      string // BACKSTOP_NBD_ADVERTISE: host:port put in export URIs
+	DatabaseURL       secret // BACKSTOP_DATABASE_URL: Postgres DSN
+	Store             string // BACKSTOP_STORE: s3://bucket?endpoint=… or file:///path
+	S3AccessKey       string // BACKSTOP_S3_ACCESS_KEY
+	S3SecretKey       secret // BACKSTOP_S3_SECRET_KEY
+	AdminToken        secret // BACKSTOP_ADMIN_TOKEN: bootstrap admin bearer token
+	DataDir           string // BACKSTOP_DATA_DIR: embedded defaults
+	TLSCert           string // BACKSTOP_TLS_CERT
+	TLSKey            string // BACKSTOP_TLS_KEY
+	EncryptionKeyFile string // BACKSTOP_ENCRYPTION_KEY_FILE
+	LogFormat         string // BACKSTOP_LOG_FORMAT: text or json
+	LogLevel          string // BACKSTOP_LOG_LEVEL: debug, info, warn, error
+}
+
+// DefaultConfig returns the defaults of architecture.md.
+func DefaultConfig() Config {
+	return Config{
+		Listen:    ":8280",
+		NBDListen: ":10809",
+		DataDir:   "./backstop-data",
+		LogFormat: "text",
+		LogLevel:  "info",
+	}
+}
+
+type setting struct {
+	name  string // flag name; env is BACKSTOP_ + upper snake case
+	usage string
+	str   *string
+	sec   *secret
+}
+
+func (c *Config) settings() []setting {
+	return []setting{
+		{name: "listen", usage: "HTTP listen address", str: &c.Listen},
+		{name: "nbd-listen", usage: "NBD listen address for restore exports", str: &c.NBDListen},
+		{name: "nbd-advertise", usage: "host:port written into export URIs", str: &c.NBDAdvertise},
+		{name: "database-url", usage: "Postgres DSN of the catalog", sec: &c.DatabaseURL},
+		{name: "store", usage: "chunk store: s3://bucket?endpoint=host:port&region=…&insecure=1 or file:///path", str: &c.Store},
+		{name: "s3-access-key", usage: "S3 access key", str: &c.S3AccessKey},
+		{name: "s3-secret-key", usage: "S3 secret key", sec: &c.S3SecretKey},
+		{name: "admin-token", usage: "bootstrap admin bearer token (at least 16 characters)", sec: &c.AdminToken},
+		{name: "data-dir", usage: "directory for embedded defaults", str: &c.DataDir},
+		{name: "tls-cert", usage: "TLS certificate file (HTTPS and NBD STARTTLS)", str: &c.TLSCert},
+		{name: "tls-key", usage: "TLS key file", str: &c.TLSKey},
+		{name: "encryption-key-file", usage: "file with a 32-byte key (raw or 64 hex digits) for AES-256-GCM chunks", str: &c.EncryptionKeyFile},
+		{name: "log-format", usage: "log format: text or json", str: &c.LogFormat},
+		{name: "log-level", usage: "log level: debug, info, warn or error", str: &c.LogLevel},
+	}
+}
+
+func envName(flagName string) string {
+	return "BACKSTOP_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// loadConfig starts from DefaultConfig, applies the environment, then the
+// flags in args, and validates the result. It returns the remaining
+// arguments.
+func loadConfig(name string, getenv func(string) string, args []string, out io.Writer) (Config, []string, error) {
+	c := DefaultConfig()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	for _, s := range c.settings() {
+		if v := getenv(envName(s.name)); v != "" {
+			if s.str != nil {
+				*s.str = v
+			} else {
+				*s.sec = secret(v)
+			}
+		}
+		usage := s.usage + " (env " + envName(s.name) + ")"
+		if s.str != nil {
+			fs.StringVar(s.str, s.name, *s.str, usage)
+		} else {
+			fs.Func(s.name, usage, func(v string) error { *s.sec = secret(v); return nil })
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, nil, err
+	}
+	return c, fs.Args(), c.Validate()
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, a := range []struct{ env, v string }{{"BACKSTOP_LISTEN", c.Listen}, {"BACKSTOP_NBD_LISTEN", c.NBDListen}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			bad("%s %q: want host:port", a.env, a.v)
+		}
+	}
+	if c.NBDAdvertise != "" {
+		if _, _, err := net.SplitHostPort(c.NBDAdvertise); err != nil {
+			bad("BACKSTOP_NBD_ADVERTISE %q: want host:port", c.NBDAdvertise)
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("BACKSTOP_TLS_CERT and BACKSTOP_TLS_KEY go together")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		bad("BACKSTOP_ADMIN_TOKEN must be at least 16 characters")
+	}
+	if c.DatabaseURL == "" {
+		bad("BACKSTOP_DATABASE_URL is required (a Postgres DSN; the embedded catalog is not available yet)")
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("BACKSTOP_LOG_FORMAT %q: want text or json", c.LogFormat)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("BACKSTOP_LOG_LEVEL %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(c Config, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
