@@ -1,6 +1,5 @@
-// Package index encodes the indexes that turn chunks back into images and
-// streams: a fixed index per VM disk (one chunk id per chunk-size slot of
-// the disk) and a dynamic index per container archive (end offset and chunk
+// Indexes turn chunks back into images and streams: a fixed index per VM
+// disk (one chunk id per chunk-size slot of the disk) and a dynamic index per container archive (end offset and chunk
 // id per content-defined chunk). Indexes are stored as objects beside the
 // chunks, compact and binary: a 1 TiB disk at 4 MiB chunks is 262,144 ids,
 // 8 MiB, never one catalog row per chunk.
@@ -12,20 +11,19 @@
 //
 // In a fixed index the all-zero id stands for a chunk of zeros, which is
 // never stored; readers synthesise it.
-package index
+
+package backup
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-
-	"github.com/backstop-pve/backstop/internal/backup"
 )
 
 const (
 	version    = 1
-	idSize     = len(backup.ChunkID{})
+	idSize     = len(ChunkID{})
 	sumSize    = sha256.Size
 	maxEntries = 1 << 28 // 1 PiB at 4 MiB chunks; bounds allocation on decode
 )
@@ -36,24 +34,24 @@ var (
 )
 
 // ZeroChunk is the id a fixed index records for a chunk of zeros.
-var ZeroChunk backup.ChunkID
+var ZeroChunk ChunkID
 
-// Fixed maps each ChunkSize slot of a disk to a chunk id. The last slot
+// FixedIndex maps each ChunkSize slot of a disk to a chunk id. The last slot
 // may be short when Size is not a multiple of ChunkSize.
-type Fixed struct {
+type FixedIndex struct {
 	ChunkSize int
 	Size      int64
-	IDs       []backup.ChunkID
+	IDs       []ChunkID
 }
 
-// NewFixed returns an index of zero chunks for a disk.
-func NewFixed(chunkSize int, size int64) *Fixed {
+// NewFixedIndex returns an index of zero chunks for a disk.
+func NewFixedIndex(chunkSize int, size int64) *FixedIndex {
 	n := (size + int64(chunkSize) - 1) / int64(chunkSize)
-	return &Fixed{ChunkSize: chunkSize, Size: size, IDs: make([]backup.ChunkID, n)}
+	return &FixedIndex{ChunkSize: chunkSize, Size: size, IDs: make([]ChunkID, n)}
 }
 
 // Slot returns the offset and length of slot i.
-func (f *Fixed) Slot(i int) (off int64, length int) {
+func (f *FixedIndex) Slot(i int) (off int64, length int) {
 	off = int64(i) * int64(f.ChunkSize)
 	length = f.ChunkSize
 	if rest := f.Size - off; rest < int64(length) {
@@ -63,10 +61,10 @@ func (f *Fixed) Slot(i int) (off int64, length int) {
 }
 
 // Refs returns the distinct stored chunk ids (zero chunks excluded).
-func (f *Fixed) Refs() []backup.ChunkID { return distinct(f.IDs) }
+func (f *FixedIndex) Refs() []ChunkID { return distinct(f.IDs) }
 
 // MarshalBinary encodes the index.
-func (f *Fixed) MarshalBinary() ([]byte, error) {
+func (f *FixedIndex) MarshalBinary() ([]byte, error) {
 	if err := f.check(); err != nil {
 		return nil, err
 	}
@@ -83,19 +81,19 @@ func (f *Fixed) MarshalBinary() ([]byte, error) {
 	return append(b, sum[:]...), nil
 }
 
-func (f *Fixed) check() error {
+func (f *FixedIndex) check() error {
 	if f.ChunkSize <= 0 || f.Size < 0 {
-		return fmt.Errorf("index: fixed: chunk size %d, size %d", f.ChunkSize, f.Size)
+		return fmt.Errorf("backup: index: fixed: chunk size %d, size %d", f.ChunkSize, f.Size)
 	}
 	if want := (f.Size + int64(f.ChunkSize) - 1) / int64(f.ChunkSize); int64(len(f.IDs)) != want {
-		return fmt.Errorf("index: fixed: %d ids for %d bytes at %d per chunk, want %d", len(f.IDs), f.Size, f.ChunkSize, want)
+		return fmt.Errorf("backup: index: fixed: %d ids for %d bytes at %d per chunk, want %d", len(f.IDs), f.Size, f.ChunkSize, want)
 	}
 	return nil
 }
 
-// UnmarshalFixed decodes and validates a fixed index. Damage is
-// backup.ErrChecksum; anything else malformed is backup.ErrInvalid.
-func UnmarshalFixed(b []byte) (*Fixed, error) {
+// UnmarshalFixedIndex decodes and validates a fixed index. Damage is
+// ErrChecksum; anything else malformed is ErrInvalid.
+func UnmarshalFixedIndex(b []byte) (*FixedIndex, error) {
 	body, err := verify(b, fixedMagic)
 	if err != nil {
 		return nil, err
@@ -103,7 +101,7 @@ func UnmarshalFixed(b []byte) (*Fixed, error) {
 	if len(body) < 4+8+8 {
 		return nil, malformed("fixed: short header")
 	}
-	f := &Fixed{
+	f := &FixedIndex{
 		ChunkSize: int(binary.BigEndian.Uint32(body)),
 		Size:      int64(binary.BigEndian.Uint64(body[4:])),
 	}
@@ -112,7 +110,7 @@ func UnmarshalFixed(b []byte) (*Fixed, error) {
 	if f.ChunkSize == 0 || f.Size < 0 || n > maxEntries || uint64(len(body)) != n*uint64(idSize) {
 		return nil, malformed("fixed: header does not match the body")
 	}
-	f.IDs = make([]backup.ChunkID, n)
+	f.IDs = make([]ChunkID, n)
 	for i := range f.IDs {
 		copy(f.IDs[i][:], body[i*idSize:])
 	}
@@ -122,21 +120,21 @@ func UnmarshalFixed(b []byte) (*Fixed, error) {
 	return f, nil
 }
 
-// Entry is one chunk of a dynamic index: it ends at End (exclusive) in
+// IndexEntry is one chunk of a dynamic index: it ends at End (exclusive) in
 // the stream and starts where the previous entry ends.
-type Entry struct {
+type IndexEntry struct {
 	End uint64
-	ID  backup.ChunkID
+	ID  ChunkID
 }
 
-// Dynamic lists the content-defined chunks of a stream in order.
-type Dynamic struct {
+// DynamicIndex lists the content-defined chunks of a stream in order.
+type DynamicIndex struct {
 	Params  string // chunker parameters, e.g. "524288/1048576/4194304"
-	Entries []Entry
+	Entries []IndexEntry
 }
 
 // Size is the stream length.
-func (d *Dynamic) Size() int64 {
+func (d *DynamicIndex) Size() int64 {
 	if len(d.Entries) == 0 {
 		return 0
 	}
@@ -144,30 +142,30 @@ func (d *Dynamic) Size() int64 {
 }
 
 // Refs returns the distinct chunk ids.
-func (d *Dynamic) Refs() []backup.ChunkID {
-	ids := make([]backup.ChunkID, len(d.Entries))
+func (d *DynamicIndex) Refs() []ChunkID {
+	ids := make([]ChunkID, len(d.Entries))
 	for i, e := range d.Entries {
 		ids[i] = e.ID
 	}
 	return distinct(ids)
 }
 
-func (d *Dynamic) check() error {
+func (d *DynamicIndex) check() error {
 	var prev uint64
 	for i, e := range d.Entries {
 		if e.End <= prev || e.End > 1<<62 {
-			return fmt.Errorf("index: dynamic: entry %d ends at %d after %d", i, e.End, prev)
+			return fmt.Errorf("backup: index: dynamic: entry %d ends at %d after %d", i, e.End, prev)
 		}
 		prev = e.End
 	}
 	if len(d.Params) > 1<<10 {
-		return fmt.Errorf("index: dynamic: params text too long")
+		return fmt.Errorf("backup: index: dynamic: params text too long")
 	}
 	return nil
 }
 
 // MarshalBinary encodes the index.
-func (d *Dynamic) MarshalBinary() ([]byte, error) {
+func (d *DynamicIndex) MarshalBinary() ([]byte, error) {
 	if err := d.check(); err != nil {
 		return nil, err
 	}
@@ -185,8 +183,8 @@ func (d *Dynamic) MarshalBinary() ([]byte, error) {
 	return append(b, sum[:]...), nil
 }
 
-// UnmarshalDynamic decodes and validates a dynamic index.
-func UnmarshalDynamic(b []byte) (*Dynamic, error) {
+// UnmarshalDynamicIndex decodes and validates a dynamic index.
+func UnmarshalDynamicIndex(b []byte) (*DynamicIndex, error) {
 	body, err := verify(b, dynamicMagic)
 	if err != nil {
 		return nil, err
@@ -199,14 +197,14 @@ func UnmarshalDynamic(b []byte) (*Dynamic, error) {
 	if len(body) < pl+8 {
 		return nil, malformed("dynamic: short header")
 	}
-	d := &Dynamic{Params: string(body[:pl])}
+	d := &DynamicIndex{Params: string(body[:pl])}
 	n := binary.BigEndian.Uint64(body[pl:])
 	body = body[pl+8:]
 	const entrySize = uint64(8 + idSize)
 	if n > maxEntries || uint64(len(body)) != n*entrySize {
 		return nil, malformed("dynamic: header does not match the body")
 	}
-	d.Entries = make([]Entry, n)
+	d.Entries = make([]IndexEntry, n)
 	for i := range d.Entries {
 		e := body[uint64(i)*entrySize:]
 		d.Entries[i].End = binary.BigEndian.Uint64(e)
@@ -226,7 +224,7 @@ func verify(b, magic []byte) ([]byte, error) {
 	}
 	content, sum := b[:len(b)-sumSize], b[len(b)-sumSize:]
 	if got := sha256.Sum256(content); !bytes.Equal(got[:], sum) {
-		return nil, fmt.Errorf("index: %s: digest mismatch: %w", magic, backup.ErrChecksum)
+		return nil, fmt.Errorf("backup: index: %s: digest mismatch: %w", magic, ErrChecksum)
 	}
 	if v := binary.BigEndian.Uint16(b[len(magic):]); v != version {
 		return nil, malformed(fmt.Sprintf("%s version %d, want %d", magic, v, version))
@@ -235,12 +233,12 @@ func verify(b, magic []byte) ([]byte, error) {
 }
 
 func malformed(why string) error {
-	return fmt.Errorf("index: %s: %w", why, backup.ErrInvalid)
+	return fmt.Errorf("backup: index: %s: %w", why, ErrInvalid)
 }
 
-func distinct(ids []backup.ChunkID) []backup.ChunkID {
-	seen := make(map[backup.ChunkID]struct{}, len(ids))
-	out := make([]backup.ChunkID, 0, len(ids))
+func distinct(ids []ChunkID) []ChunkID {
+	seen := make(map[ChunkID]struct{}, len(ids))
+	out := make([]ChunkID, 0, len(ids))
 	for _, id := range ids {
 		if id.IsZero() {
 			continue

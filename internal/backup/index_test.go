@@ -1,4 +1,4 @@
-package index_test
+package backup_test
 
 import (
 	"crypto/sha256"
@@ -6,13 +6,12 @@ import (
 	"testing"
 
 	"github.com/backstop-pve/backstop/internal/backup"
-	"github.com/backstop-pve/backstop/internal/index"
 )
 
 func id(s string) backup.ChunkID { return backup.ChunkID(sha256.Sum256([]byte(s))) }
 
-func TestFixed_RoundTrip(t *testing.T) {
-	f := index.NewFixed(4<<20, 10<<20+5) // three slots, the last short
+func TestFixedIndex_RoundTrip(t *testing.T) {
+	f := backup.NewFixedIndex(4<<20, 10<<20+5) // three slots, the last short
 	if len(f.IDs) != 3 {
 		t.Fatalf("%d slots", len(f.IDs))
 	}
@@ -24,7 +23,7 @@ func TestFixed_RoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := index.UnmarshalFixed(b)
+	g, err := backup.UnmarshalFixedIndex(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,29 +37,29 @@ func TestFixed_RoundTrip(t *testing.T) {
 	for i := range b {
 		c := append([]byte(nil), b...)
 		c[i] ^= 0x40
-		if _, err := index.UnmarshalFixed(c); err == nil {
+		if _, err := backup.UnmarshalFixedIndex(c); err == nil {
 			t.Fatalf("flip at %d not detected", i)
 		}
 	}
-	if _, err := index.UnmarshalFixed(b[:len(b)-1]); !errors.Is(err, backup.ErrChecksum) && !errors.Is(err, backup.ErrInvalid) {
+	if _, err := backup.UnmarshalFixedIndex(b[:len(b)-1]); !errors.Is(err, backup.ErrChecksum) && !errors.Is(err, backup.ErrInvalid) {
 		t.Fatalf("truncated: %v", err)
 	}
 }
 
-func TestFixed_RejectsInconsistent(t *testing.T) {
-	f := &index.Fixed{ChunkSize: 4096, Size: 8192, IDs: make([]backup.ChunkID, 3)}
+func TestFixedIndex_RejectsInconsistent(t *testing.T) {
+	f := &backup.FixedIndex{ChunkSize: 4096, Size: 8192, IDs: make([]backup.ChunkID, 3)}
 	if _, err := f.MarshalBinary(); err == nil {
 		t.Fatal("3 ids for 2 slots accepted")
 	}
 }
 
-func TestDynamic_RoundTrip(t *testing.T) {
-	d := &index.Dynamic{Params: "524288/1048576/4194304", Entries: []index.Entry{{100, id("a")}, {250, id("b")}, {300, id("a")}}}
+func TestDynamicIndex_RoundTrip(t *testing.T) {
+	d := &backup.DynamicIndex{Params: "524288/1048576/4194304", Entries: []backup.IndexEntry{{100, id("a")}, {250, id("b")}, {300, id("a")}}}
 	b, err := d.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := index.UnmarshalDynamic(b)
+	e, err := backup.UnmarshalDynamicIndex(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,18 +69,18 @@ func TestDynamic_RoundTrip(t *testing.T) {
 	if len(e.Refs()) != 2 {
 		t.Fatalf("refs %d", len(e.Refs()))
 	}
-	bad := &index.Dynamic{Entries: []index.Entry{{100, id("a")}, {100, id("b")}}}
+	bad := &backup.DynamicIndex{Entries: []backup.IndexEntry{{100, id("a")}, {100, id("b")}}}
 	if _, err := bad.MarshalBinary(); err == nil {
 		t.Fatal("non-increasing offsets accepted")
 	}
 }
 
-func FuzzUnmarshal(f *testing.F) {
-	fx := index.NewFixed(4096, 10000)
+func FuzzUnmarshalIndex(f *testing.F) {
+	fx := backup.NewFixedIndex(4096, 10000)
 	fx.IDs[1] = id("x")
 	b, _ := fx.MarshalBinary()
 	f.Add(b)
-	d := &index.Dynamic{Params: "p", Entries: []index.Entry{{7, id("a")}}}
+	d := &backup.DynamicIndex{Params: "p", Entries: []backup.IndexEntry{{7, id("a")}}}
 	b, _ = d.MarshalBinary()
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -95,13 +94,13 @@ func FuzzUnmarshal(f *testing.F) {
 
 // check asserts that whatever decodes re-encodes to the same bytes.
 func check(t *testing.T, b []byte) {
-	if fx, err := index.UnmarshalFixed(b); err == nil {
+	if fx, err := backup.UnmarshalFixedIndex(b); err == nil {
 		out, err := fx.MarshalBinary()
 		if err != nil || string(out) != string(b) {
 			t.Fatalf("accepted fixed index does not re-encode identically")
 		}
 	}
-	if d, err := index.UnmarshalDynamic(b); err == nil {
+	if d, err := backup.UnmarshalDynamicIndex(b); err == nil {
 		out, err := d.MarshalBinary()
 		if err != nil || string(out) != string(b) {
 			t.Fatalf("accepted dynamic index does not re-encode identically")
