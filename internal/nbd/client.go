@@ -271,11 +271,21 @@ func (c *Client) send(ctx context.Context, cl *call) error {
 	h := requestHeader{Type: cl.cmd, Cookie: cl.cookie, Offset: uint64(cl.off), Length: cl.length}
 	h.encode(&c.wbuf)
 	// A half-written request leaves the stream undecodable, so a
-	// cancellation during the write costs the connection.
+	// cancellation during the write costs the connection; one after it
+	// just abandons the call (see wait).
+	var wmu sync.Mutex
+	writing := true // guarded by wmu
 	stop := context.AfterFunc(ctx, func() {
-		c.fail(fmt.Errorf("nbd: %s request interrupted while being sent: %w", cmdName(cl.cmd), context.Cause(ctx)))
+		wmu.Lock()
+		defer wmu.Unlock()
+		if writing {
+			c.fail(fmt.Errorf("nbd: %s request interrupted while being sent: %w", cmdName(cl.cmd), context.Cause(ctx)))
+		}
 	})
 	_, err := c.conn.Write(c.wbuf[:])
+	wmu.Lock()
+	writing = false
+	wmu.Unlock()
 	stop()
 	if err != nil {
 		c.fail(fmt.Errorf("nbd: send %s request: %w", cmdName(cl.cmd), err))

@@ -771,3 +771,45 @@ func TestParseURI(t *testing.T) {
 		}
 	}
 }
+
+func TestClient_CancelDuringWrite(t *testing.T) {
+	release := make(chan struct{})
+	c := newFakeClient(t, defaultFakeExport(), Options{}, func(s *fakeServer) error {
+		<-release // read nothing: the client's request write blocks
+		return io.EOF
+	})
+	defer close(release)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	errc := make(chan error)
+	go func() { errc <- c.ReadAt(ctx, make([]byte, 512), 0) }()
+	time.Sleep(10 * time.Millisecond)
+	cancel()
+	err := <-errc
+	if err == nil || !strings.Contains(err.Error(), "interrupted while being sent") || !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want the write interrupted", err)
+	}
+	if err := c.ReadAt(testCtx(t), make([]byte, 512), 0); err == nil || !strings.Contains(err.Error(), "interrupted while being sent") {
+		t.Fatalf("later read = %v, want the connection closed", err)
+	}
+}
+
+func TestClient_ClosePendingCallsFail(t *testing.T) {
+	arrived := make(chan struct{})
+	c := newFakeClient(t, defaultFakeExport(), Options{}, func(s *fakeServer) error {
+		if _, err := s.expect(cmdRead); err != nil {
+			return err
+		}
+		close(arrived)
+		_, err := s.expect(cmdDisc)
+		return err
+	})
+	errc := make(chan error)
+	go func() { errc <- c.ReadAt(testCtx(t), make([]byte, 512), 0) }()
+	<-arrived
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Fatalf("pending read: %v, want ErrClosed", err)
+	}
+}

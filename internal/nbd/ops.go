@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"fmt"
 	"math"
 )
 
@@ -37,7 +38,7 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 // depends on the context (StateHole/StateZero, StateDirty).
 func (c *Client) BlockStatus(ctx context.Context, ctxID uint32, off int64, length uint32) ([]Extent, error) {
 	if !c.hasContext(ctxID) {
-		return nil, ErrNoMetaContext
+		return nil, fmt.Errorf("%w: id %d", ErrNoMetaContext, ctxID)
 	}
 	if length == 0 {
 		return nil, invalidRequest("BLOCK_STATUS of length 0")

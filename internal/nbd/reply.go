@@ -406,12 +406,16 @@ type span struct{ start, end uint32 }
 // merging neighbours so that the usual in-order reply stays one span.
 type spanSet struct {
 	s       []span
+	inline  [2]span // backing for s in the common case, saving an allocation
 	covered uint64
 }
 
 // add inserts [start,end) and reports false if it overlaps a range
 // already present.
 func (ss *spanSet) add(start, end uint32) bool {
+	if ss.s == nil {
+		ss.s = ss.inline[:0]
+	}
 	s := ss.s
 	i := sort.Search(len(s), func(i int) bool { return s[i].start >= start })
 	if (i > 0 && s[i-1].end > start) || (i < len(s) && s[i].start < end) {
