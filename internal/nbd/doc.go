@@ -32,7 +32,7 @@
 //
 // # Pulling a dirty bitmap
 //
-// For PVE's backup access (see /shared/design/nbd-protocol.md §8): Dial
+// For PVE's backup access (design notes, nbd-protocol.md §8): Dial
 // with Options{MetaContexts: []string{DirtyBitmapContext(name)}}, require
 // the context via MetaContextID (missing means the bitmap is gone: read
 // everything), map the disk with Extents, read only the extents with

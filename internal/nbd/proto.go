@@ -2,7 +2,7 @@ package nbd
 
 // Wire format shared by the client and the server side: magic numbers,
 // option, command and reply constants, and fixed-size header codecs. All
-// fields are big-endian (see /shared/design/nbd-protocol.md §1, §2, §4).
+// fields are big-endian (see the design notes, nbd-protocol.md §1, §2, §4).
 
 import (
 	"encoding/binary"
