@@ -83,7 +83,9 @@ func (f *fileStore) mkdirs(dir string) error {
 		return syncDir(filepath.Dir(dir))
 	case errors.Is(err, fs.ErrExist):
 		return nil
-	case errors.Is(err, fs.ErrNotExist) && len(dir) > len(f.root):
+	case errors.Is(err, fs.ErrNotExist) && filepath.Dir(dir) != f.root:
+		// A missing root is an outage (unmounted, removed), not something
+		// to paper over by creating it again.
 		if err := f.mkdirs(filepath.Dir(dir)); err != nil {
 			return err
 		}
@@ -185,10 +187,14 @@ func (f *fileStore) Ping(ctx context.Context) error {
 func (f *fileStore) Close() error { return nil }
 
 // fileErr translates file system errors into error kinds, keeping the cause.
+// A missing file is ErrNotFound for reads; for writes and probes it means the
+// repository directory is gone, ErrUnavailable.
 func fileErr(op, key string, err error) error {
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist) && (op == "get" || op == "delete"):
 		return fmt.Errorf("chunkstore: %s %s: %w: %w", op, key, backup.ErrNotFound, err)
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("chunkstore: %s %s: %w: %w", op, key, backup.ErrUnavailable, err)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return fmt.Errorf("chunkstore: %s %s: %w: %w", op, key, backup.ErrStorageFull, err)
 	default:

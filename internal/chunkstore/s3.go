@@ -213,6 +213,10 @@ func (s *s3Store) do(ctx context.Context, op, key string, fn func(context.Contex
 		if ctx.Err() != nil {
 			return fmt.Errorf("chunkstore: %s %s: %w: %w", op, key, ctx.Err(), err)
 		}
+		if attemptTimedOut {
+			// Not the caller's deadline: do not let it look like one.
+			err = fmt.Errorf("attempt timed out after %v (%v)", s.timeout, err)
+		}
 		transient := attemptTimedOut || isTransient(err)
 		if !transient || attempt >= s.maxRetries {
 			return s3Err(op, key, err, transient)

@@ -23,12 +23,33 @@ import (
 // flakyS3 is just enough of S3 for one bucket (HEAD bucket, PUT, GET and
 // DELETE object) to fail requests on demand. It checks no signatures.
 type flakyS3 struct {
-	mu       sync.Mutex
-	objects  map[string][]byte // guarded by mu
-	failNext int               // guarded by mu; requests still to fail
-	failWith int               // guarded by mu; status of failed requests
-	failCode string            // guarded by mu; S3 error code of failed requests
-	requests int               // guarded by mu
+	mu        sync.Mutex
+	objects   map[string][]byte // guarded by mu
+	failNext  int               // guarded by mu; requests still to fail
+	failWith  int               // guarded by mu; status of failed requests
+	failCode  string            // guarded by mu; S3 error code of failed requests
+	stallNext int               // guarded by mu; requests still to leave unanswered
+	requests  int               // guarded by mu
+}
+
+// stall makes the next n requests hang until the client gives up.
+func (f *flakyS3) stall(n int) (requestsSoFar int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stallNext = n
+	return f.requests
+}
+
+// stalled counts r and reports whether it is to hang.
+func (f *flakyS3) stalled() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stallNext == 0 {
+		return false
+	}
+	f.stallNext--
+	f.requests++
+	return true
 }
 
 func newFlakyS3(t *testing.T) (*flakyS3, chunkstore.Config) {
@@ -57,6 +78,16 @@ func (f *flakyS3) count() int {
 }
 
 func (f *flakyS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.stalled() {
+		// Read the body first: only then does net/http notice the client
+		// hanging up and cancel r.Context().
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.requests++
@@ -238,5 +269,27 @@ func TestS3_CancelDuringBackoff(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Put returned after %v", d)
+	}
+}
+
+// An attempt that hangs is cut off by Config.Timeout and retried; when all
+// attempts hang the result is ErrUnavailable, not the caller's deadline.
+func TestS3_AttemptTimeout(t *testing.T) {
+	f, cfg := newFlakyS3(t)
+	cfg.Timeout, cfg.MaxRetries = 100*time.Millisecond, 2
+	s := mustOpen(t, cfg)
+	data := backuptest.Payload("text", 1, 1000)
+	id := s.Sum(data)
+	before := f.stall(1)
+	if _, err := s.Put(t.Context(), id, data); err != nil {
+		t.Fatalf("Put after one hung attempt: %v", err)
+	}
+	if got := f.count() - before; got != 2 {
+		t.Errorf("Put made %d requests, want 2", got)
+	}
+	f.stall(1000)
+	_, err := s.Get(t.Context(), id, nil)
+	if !errors.Is(err, backup.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get with every attempt hung = %v; want ErrUnavailable and no DeadlineExceeded", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +32,7 @@ var (
 // the directory in which the object with key K is the file dir/K.
 type backend struct {
 	name string
-	new  func(t *testing.T) (cfg chunkstore.Config, dir string)
+	new  func(t testing.TB) (cfg chunkstore.Config, dir string)
 }
 
 var backends = []backend{
@@ -39,7 +40,7 @@ var backends = []backend{
 	{"s3", newS3Repo},
 }
 
-func newFileRepo(t *testing.T) (chunkstore.Config, string) {
+func newFileRepo(t testing.TB) (chunkstore.Config, string) {
 	dir := filepath.Join(t.TempDir(), "repo")
 	cfg := chunkstore.DefaultConfig()
 	cfg.URL = "file://" + dir
@@ -48,7 +49,7 @@ func newFileRepo(t *testing.T) (chunkstore.Config, string) {
 
 // newS3Repo uses the test S3 server (versitygw, see testenv.S3) with a
 // fresh bucket, removed when the test ends.
-func newS3Repo(t *testing.T) (chunkstore.Config, string) {
+func newS3Repo(t testing.TB) (chunkstore.Config, string) {
 	peer := testenv.S3(t)
 	bucket := testenv.Bucket()
 	cfg := chunkstore.DefaultConfig()
@@ -63,7 +64,7 @@ func newS3Repo(t *testing.T) (chunkstore.Config, string) {
 	return cfg, dir
 }
 
-func removeBucket(t *testing.T, peer testenv.S3Config, bucket string) {
+func removeBucket(t testing.TB, peer testenv.S3Config, bucket string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := minio.New(peer.Endpoint, &minio.Options{
@@ -91,11 +92,11 @@ func removeBucket(t *testing.T, peer testenv.S3Config, bucket string) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-func mustOpen(t *testing.T, cfg chunkstore.Config) *chunkstore.Store {
+func mustOpen(t testing.TB, cfg chunkstore.Config) *chunkstore.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -133,7 +134,7 @@ func TestStore_Conformance(t *testing.T) {
 
 // objectFile returns the file holding chunk id in a repository whose
 // objects live under dir.
-func objectFile(t *testing.T, dir string, id backup.ChunkID) string {
+func objectFile(t testing.TB, dir string, id backup.ChunkID) string {
 	t.Helper()
 	if dir == "" {
 		testenv.Missing(t, testenv.PeerS3, "BACKSTOP_TEST_S3_DIR is not set: cannot reach stored objects")
@@ -400,8 +401,15 @@ func TestStore_Ping(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Ping(t.Context()); err == nil {
-		t.Fatal("Ping after the directory was removed = nil")
+	if err := s.Ping(t.Context()); !errors.Is(err, backup.ErrUnavailable) {
+		t.Fatalf("Ping after the directory was removed = %v; want ErrUnavailable", err)
+	}
+	data := backuptest.Payload("text", 1, 1000)
+	if _, err := s.Put(t.Context(), s.Sum(data), data); !errors.Is(err, backup.ErrUnavailable) {
+		t.Fatalf("Put after the directory was removed = %v; want ErrUnavailable", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Put re-created the removed repository directory (stat: %v)", err)
 	}
 }
 
@@ -430,5 +438,60 @@ func TestOpen_S3Unreachable(t *testing.T) {
 	_, err := chunkstore.Open(t.Context(), cfg, testLogger(t))
 	if !errors.Is(err, backup.ErrUnavailable) {
 		t.Fatalf("Open(closed port) = %v; want ErrUnavailable", err)
+	}
+}
+
+// BenchmarkS3 measures Put and Get of 4 MiB chunks against the test S3
+// server, 4 in flight per core, through the whole store (envelope, signing,
+// HTTP). It needs the peers that scripts/test starts:
+//
+//	. scripts/peers.sh && peers_start && go test -run '^$' -bench S3 -benchmem -count 5 ./internal/chunkstore/; peers_stop
+func BenchmarkS3(b *testing.B) {
+	for _, key := range []chunkstore.Key{nil, key1} {
+		for _, kind := range []string{"random", "text"} {
+			name := fmt.Sprintf("%s/encrypted=%v", kind, key != nil)
+			cfg, _ := newS3Repo(b)
+			cfg.EncryptionKey = key
+			s := mustOpen(b, cfg)
+			const n = 16
+			datas := make([][]byte, n)
+			ids := make([]backup.ChunkID, n)
+			for i := range datas {
+				datas[i] = backuptest.Payload(kind, uint64(i), 4<<20)
+				ids[i] = s.Sum(datas[i])
+			}
+			b.Run("Put/"+name, func(b *testing.B) {
+				b.SetBytes(4 << 20)
+				b.ReportAllocs()
+				b.SetParallelism(4)
+				var next atomic.Int64
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						i := next.Add(1) % n
+						if _, err := s.Put(b.Context(), ids[i], datas[i]); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+			b.Run("Get/"+name, func(b *testing.B) {
+				b.SetBytes(4 << 20)
+				b.ReportAllocs()
+				b.SetParallelism(4)
+				var next atomic.Int64
+				b.RunParallel(func(pb *testing.PB) {
+					buf := make([]byte, 0, 4<<20)
+					for pb.Next() {
+						i := next.Add(1) % n
+						var err error
+						if buf, err = s.Get(b.Context(), ids[i], buf); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
 	}
 }
