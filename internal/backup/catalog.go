@@ -82,6 +82,8 @@ type ChunkCatalog interface {
 type TaskCatalog interface {
 	CreateTask(ctx context.Context, t Task) (Task, error)
 	GetTask(ctx context.Context, id string) (Task, error)
+	// ListTasks returns the tasks of a snapshot or session, oldest first.
+	ListTasks(ctx context.Context, snapshotID string) ([]Task, error)
 	UpdateTaskProgress(ctx context.Context, id string, done, total int64) error
 	// FinishTask sets the final state (TaskOK or TaskError with errMsg).
 	FinishTask(ctx context.Context, id string, state TaskState, errMsg string) error

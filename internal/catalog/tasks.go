@@ -78,6 +78,24 @@ func (s *Store) GetTask(ctx context.Context, id string) (backup.Task, error) {
 	return t, nil
 }
 
+// ListTasks returns the tasks of a snapshot, oldest first. An id that is
+// not a UUID has none.
+func (s *Store) ListTasks(ctx context.Context, snapshotID string) ([]backup.Task, error) {
+	uid, ok := parseID(snapshotID)
+	if !ok {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+taskCols+` FROM tasks WHERE snapshot_id = $1 ORDER BY created_at, id`, uid)
+	if err != nil {
+		return nil, wrapf(err, "list tasks of %s", snapshotID)
+	}
+	tasks, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (backup.Task, error) { return scanTask(r) })
+	if err != nil {
+		return nil, wrapf(err, "list tasks of %s", snapshotID)
+	}
+	return tasks, nil
+}
+
 func notFoundTask(id string) error { return notFound("task %s not found", id) }
 
 // UpdateTaskProgress sets done and total of a running task: one UPDATE of

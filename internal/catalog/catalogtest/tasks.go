@@ -32,6 +32,15 @@ func testTasks(t *testing.T, c backup.Catalog) {
 		t.Fatalf("GetTask: %v", err)
 	}
 	wantEqual(t, "GetTask", got, task)
+	second := mustTask(t, c, backup.Task{Kind: "backup-disk", Namespace: "default", SnapshotID: s.ID, Total: 7})
+	mustTask(t, c, backup.Task{Kind: "gc"})
+	list, err := c.ListTasks(ctx, s.ID)
+	if err != nil || len(list) != 2 || list[0].ID != task.ID || list[1].ID != second.ID {
+		t.Fatalf("ListTasks = %+v, %v; want the two tasks of the snapshot, oldest first", list, err)
+	}
+	if list, err := c.ListTasks(ctx, "not-a-uuid"); err != nil || len(list) != 0 {
+		t.Fatalf("ListTasks(bad id) = %v, %v", list, err)
+	}
 
 	for _, done := range []int64{10, 50, 100} {
 		if err := c.UpdateTaskProgress(ctx, task.ID, done, 100); err != nil {
