@@ -92,7 +92,7 @@ type codec struct {
 	compress bool
 	maxChunk int
 	aead     cipher.AEAD // nil without encryption
-	macs     *sync.Pool  // of hash.Hash (HMAC under the id key); nil without encryption
+	macs     *sync.Pool  // of *mac (HMAC under the id key); nil without encryption
 	keyCheck []byte      // marker check value; nil without encryption
 }
 
@@ -123,11 +123,17 @@ func newCodec(key []byte, compress bool, maxChunk int) (*codec, error) {
 	if c.aead, err = cipher.NewGCM(block); err != nil {
 		return nil, fmt.Errorf("chunkstore: gcm: %w", err)
 	}
-	c.macs = &sync.Pool{New: func() any { return hmac.New(sha256.New, idKey) }}
+	c.macs = &sync.Pool{New: func() any { return &mac{h: hmac.New(sha256.New, idKey)} }}
 	m := hmac.New(sha256.New, checkKey)
 	m.Write([]byte("backstop repository key check"))
 	c.keyCheck = m.Sum(nil)[:16]
 	return c, nil
+}
+
+// mac is a pooled HMAC with room for its sum, so Sum does not allocate.
+type mac struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 func (c *codec) encrypted() bool { return c.aead != nil }
@@ -137,12 +143,11 @@ func (c *codec) sum(data []byte) backup.ChunkID {
 	if c.macs == nil {
 		return sha256.Sum256(data)
 	}
-	h := c.macs.Get().(hash.Hash)
-	h.Reset()
-	h.Write(data)
-	var id backup.ChunkID
-	h.Sum(id[:0])
-	c.macs.Put(h)
+	m := c.macs.Get().(*mac)
+	m.h.Reset()
+	m.h.Write(data)
+	id := backup.ChunkID(m.h.Sum(m.sum[:0]))
+	c.macs.Put(m)
 	return id
 }
 
