@@ -81,7 +81,7 @@
 // equivalent content. The all-zero chunk (any length) is never stored.
 //
 // Memory: each Put or Get in flight holds one pooled envelope buffer of up
-// to MaxChunkSize plus a few hundred bytes, besides the caller's data.
+// to MaxChunkSize plus under 1%, besides the caller's data.
 //
 // # Retries
 //
