@@ -51,7 +51,9 @@
 // and with encryption on, that byte string sealed with AES-256-GCM (16-byte
 // tag at the end). The additional authenticated data is header bytes 0..11
 // followed by the 32-byte chunk id, so flags, length and the object's name
-// are bound to the ciphertext as well.
+// are bound to the ciphertext as well. Nonces are 96 random bits per Put;
+// NIST SP 800-38D allows 2^32 such seals per key, far beyond the chunk count
+// of one repository (a re-put of an existing chunk seals again).
 //
 // Compression is kept only when the frame is at least 1/64 smaller than the
 // plaintext; otherwise the plaintext is stored as is and decoding is a copy.
