@@ -27,9 +27,11 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
+	"github.com/backstop-pve/backstop/internal/nbd"
 )
 
 func main() {
@@ -90,9 +92,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		return err
 	}
 
+	backups := backup.NewService(log, backup.DefaultServiceConfig(), cat, store, store, nbd.Opener{})
+	defer backups.Close() // after the HTTP server: cancels and waits for running pulls
+
 	status := handlers.NewStatusCache(log, cat.Stats, storeCapacity(cfg.Store), statusInterval)
 	h, err := handlers.New(log, handlers.Config{AdminToken: string(cfg.AdminToken)}, handlers.Deps{
 		Catalog: cat,
+		Backups: backups,
 		Status:  status,
 		Ready:   []func(context.Context) error{cat.Ping, store.Ping},
 	})

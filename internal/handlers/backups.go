@@ -78,31 +78,17 @@ func (h *handler) QueryIncremental(ctx context.Context, req api.QueryIncremental
 		return nil, err
 	}
 	out := api.QueryIncremental200JSONResponse{Devices: map[string]api.IncrementalAnswerDevices{}}
-	for dev := range req.Body.Devices {
+	for dev, q := range req.Body.Devices {
 		out.Devices[dev] = api.IncrementalAnswerDevicesNew
-	}
-	if s.Type != backup.GuestQemu {
-		return out, nil
-	}
-	base, err := h.catalog.LastSnapshot(ctx, s.Namespace, s.VMID, s.Type, s.Storage)
-	if errors.Is(err, backup.ErrNotFound) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if base.VerifyState == backup.VerifyFailed {
-		return out, nil
-	}
-	disks, err := h.catalog.ListDisks(ctx, base.ID)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range disks {
-		// Invariant 3: same namespace, vmid, device and storage, same size,
-		// last committed snapshot, not failed verification.
-		if q, ok := req.Body.Devices[d.Device]; ok && q.Size == d.Size {
-			out.Devices[d.Device] = api.IncrementalAnswerDevicesUse
+		if s.Type != backup.GuestQemu {
+			continue
+		}
+		_, _, err := h.backups.IncrementalBase(ctx, s, dev, q.Size)
+		switch {
+		case err == nil:
+			out.Devices[dev] = api.IncrementalAnswerDevicesUse
+		case !errors.Is(err, backup.ErrNotFound):
+			return nil, err
 		}
 	}
 	return out, nil
@@ -151,41 +137,15 @@ func (h *handler) PutBackupLog(ctx context.Context, req api.PutBackupLogRequestO
 }
 
 func (h *handler) CommitBackup(ctx context.Context, req api.CommitBackupRequestObject) (api.CommitBackupResponseObject, error) {
-	s, err := h.openSession(ctx, req.Id.String())
+	s, err := h.session(ctx, req.Id.String())
 	if err != nil {
 		return nil, err
 	}
-	size, err := h.sessionSize(ctx, s.ID)
-	if err != nil {
-		return nil, err
-	}
-	// TODO(#3, #5): pass the distinct chunk ids of the session's indexes once
-	// disks and archives can be attached; until then a session has none.
-	c, err := h.catalog.CommitSnapshot(ctx, s.ID, size, 0, nil)
+	c, err := h.backups.Commit(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	return api.CommitBackup200JSONResponse{Name: c.Name, Size: c.Size}, nil
-}
-
-// sessionSize is the logical size of a session: its disks and archives.
-func (h *handler) sessionSize(ctx context.Context, id string) (int64, error) {
-	disks, err := h.catalog.ListDisks(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	archives, err := h.catalog.ListArchives(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	var size int64
-	for _, d := range disks {
-		size += d.Size
-	}
-	for _, a := range archives {
-		size += a.Size
-	}
-	return size, nil
 }
 
 // FinishBackup ends a session. A committed snapshot is never touched; an
@@ -199,6 +159,7 @@ func (h *handler) FinishBackup(ctx context.Context, req api.FinishBackupRequestO
 	if s.State == backup.SnapshotCommitted {
 		return api.FinishBackup200JSONResponse{ArchiveSize: s.Size}, nil
 	}
+	h.backups.CancelPulls(s.ID)
 	if err := h.catalog.DiscardSnapshot(ctx, s.ID); err != nil {
 		return nil, err
 	}

@@ -20,7 +20,9 @@ import (
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
+	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
+	"github.com/backstop-pve/backstop/internal/nbd"
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
@@ -31,11 +33,32 @@ type testServer struct {
 	url     string
 	handler http.Handler
 	catalog *catalog.Store
+	store   *chunkstore.Store
+	backups *backup.Service
 	status  *handlers.StatusCache
 	router  routers.Router
 }
 
+// newTestServer serves the API over a real catalog and a file:// store.
 func newTestServer(t *testing.T) *testServer {
+	t.Helper()
+	scfg := chunkstore.DefaultConfig()
+	scfg.URL = "file://" + t.TempDir()
+	return newTestServerWith(t, scfg)
+}
+
+// newS3TestServer serves the API over a real catalog and a fresh bucket of
+// the test S3 server.
+func newS3TestServer(t *testing.T) *testServer {
+	t.Helper()
+	s3 := testenv.S3(t)
+	scfg := chunkstore.DefaultConfig()
+	scfg.URL = "s3://" + testenv.Bucket() + "?endpoint=" + s3.Endpoint + "&insecure=1"
+	scfg.AccessKey, scfg.SecretKey = s3.AccessKey, chunkstore.Secret(s3.SecretKey)
+	return newTestServerWith(t, scfg)
+}
+
+func newTestServerWith(t *testing.T, scfg chunkstore.Config) *testServer {
 	t.Helper()
 	ctx := context.Background()
 	cat, err := catalog.Open(ctx, catalog.DefaultConfig(catalog.Secret(testenv.PostgresDSN(t))), slog.New(slog.DiscardHandler))
@@ -44,16 +67,22 @@ func newTestServer(t *testing.T) *testServer {
 	}
 	t.Cleanup(cat.Close)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	store, err := chunkstore.Open(ctx, scfg, log)
+	if err != nil {
+		t.Fatalf("open chunk store: %v", err)
+	}
+	svc := backup.NewService(log, backup.DefaultServiceConfig(), cat, store, store, nbd.Opener{})
+	t.Cleanup(svc.Close)
 	status := handlers.NewStatusCache(log, cat.Stats, nil, time.Second)
 	h, err := handlers.New(log, handlers.Config{AdminToken: adminToken}, handlers.Deps{
-		Catalog: cat, Status: status, Ready: []func(context.Context) error{cat.Ping},
+		Catalog: cat, Backups: svc, Status: status, Ready: []func(context.Context) error{cat.Ping},
 	})
 	if err != nil {
 		t.Fatalf("handlers.New: %v", err)
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &testServer{t: t, url: srv.URL, handler: h, catalog: cat, status: status, router: specRouter(t)}
+	return &testServer{t: t, url: srv.URL, handler: h, catalog: cat, store: store, backups: svc, status: status, router: specRouter(t)}
 }
 
 type testWriter struct{ t *testing.T }

@@ -14,14 +14,6 @@ func notYet(what string) error {
 	return backup.Errorf(backup.ErrNotImplemented, "%s is not implemented yet", what)
 }
 
-func (h *handler) StartDiskPull(context.Context, api.StartDiskPullRequestObject) (api.StartDiskPullResponseObject, error) {
-	return nil, notYet("disk pull (VM backup)")
-}
-
-func (h *handler) OpenDiskTunnel(context.Context, api.OpenDiskTunnelRequestObject) (api.OpenDiskTunnelResponseObject, error) {
-	return nil, notYet("the NBD tunnel")
-}
-
 func (h *handler) PutBackupArchive(context.Context, api.PutBackupArchiveRequestObject) (api.PutBackupArchiveResponseObject, error) {
 	return nil, notYet("container archive upload")
 }

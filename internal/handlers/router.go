@@ -35,6 +35,7 @@ type Config struct {
 // Deps are the services the handlers call.
 type Deps struct {
 	Catalog backup.Catalog
+	Backups *backup.Service
 	Status  *StatusCache
 	// Ready checks each backend for /readyz; nil entries are skipped.
 	Ready []func(context.Context) error
@@ -45,6 +46,7 @@ type handler struct {
 	log     *slog.Logger
 	cfg     Config
 	catalog backup.Catalog
+	backups *backup.Service
 	status  *StatusCache
 	ready   []func(context.Context) error
 	auth    *authenticator
@@ -67,6 +69,7 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 		log:     log,
 		cfg:     cfg,
 		catalog: deps.Catalog,
+		backups: deps.Backups,
 		status:  deps.Status,
 		ready:   deps.Ready,
 		auth:    newAuthenticator(deps.Catalog, cfg.AdminToken, cfg.Now),
@@ -151,6 +154,12 @@ func (h *handler) guard(next http.Handler) http.Handler {
 			ctx = context.WithValue(ctx, principalKey{}, p)
 			setLogAttrs(ctx, slog.String("token_id", p.ID))
 			r = r.WithContext(ctx)
+		}
+		if op.upgrade != "" {
+			if err := requireUpgrade(r, op.upgrade); err != nil {
+				h.writeProblem(w, r, err)
+				return
+			}
 		}
 		switch op.body {
 		case bodyJSON:

@@ -45,11 +45,16 @@ type operation struct {
 	body         bodyKind
 	bodyRequired bool
 	mediaTypes   []string
+	upgrade      string // protocol the route switches to (x-backstop-upgrade), or ""
 	route        *routers.Route
 }
 
-// roleExtension names the role an operation needs.
-const roleExtension = "x-backstop-role"
+// Contract extensions: the role an operation needs, and the protocol a
+// route switches the connection to.
+const (
+	roleExtension    = "x-backstop-role"
+	upgradeExtension = "x-backstop-upgrade"
+)
 
 // operations reads the embedded contract into a table keyed by
 // "METHOD pattern". It fails on an operation that is neither public nor
@@ -72,6 +77,7 @@ func operations() (*openapi3.T, map[string]*operation, error) {
 					return nil, nil, fmt.Errorf("handlers: operation %s has no valid %s", op.OperationID, roleExtension)
 				}
 			}
+			o.upgrade, _ = op.Extensions[upgradeExtension].(string)
 			if rb := op.RequestBody; rb != nil && rb.Value != nil {
 				o.bodyRequired = rb.Value.Required
 				for mt := range rb.Value.Content {

@@ -1,0 +1,509 @@
+package backup
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// SourceOpener opens the disk a pull reads. internal/nbd implements it.
+type SourceOpener interface {
+	// OpenURI dials a source URI (nbd://host:port/export,
+	// nbd+unix:///export?socket=PATH).
+	OpenURI(ctx context.Context, uri string, req PullRequest) (DiskSource, error)
+	// OpenConn speaks the source protocol over an established connection
+	// (the plugin's tunnel); the export is req.Device. The source owns conn.
+	OpenConn(ctx context.Context, conn net.Conn, req PullRequest) (DiskSource, error)
+}
+
+// BitmapMode is PVE's bitmap-mode of a disk in backup_vm.
+type BitmapMode string
+
+const (
+	BitmapNone  BitmapMode = "none"  // no bitmap: read the whole disk
+	BitmapNew   BitmapMode = "new"   // fresh, fully dirty bitmap: read the whole disk
+	BitmapReuse BitmapMode = "reuse" // only dirty regions since the base are readable
+)
+
+// PullRequest describes one disk pull (POST /backups/{id}/disks).
+type PullRequest struct {
+	Device         string
+	Size           int64
+	BitmapMode     BitmapMode
+	BitmapName     string // QEMU's dirty bitmap, for new and reuse
+	URI            string // source URI, or "" with Tunnel
+	Tunnel         bool   // the plugin opens the disk's tunnel
+	BandwidthLimit int64  // bytes/s, 0 unlimited
+}
+
+var devicePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+func (r PullRequest) validate() error {
+	switch {
+	case !devicePattern.MatchString(r.Device):
+		return Errorf(ErrInvalid, "device %q: want a QEMU drive id such as drive-scsi0", r.Device)
+	case r.Size <= 0:
+		return Errorf(ErrInvalid, "size %d: want a positive byte count", r.Size)
+	case r.BitmapMode != BitmapNone && r.BitmapMode != BitmapNew && r.BitmapMode != BitmapReuse:
+		return Errorf(ErrInvalid, "bitmap_mode %q: want none, new or reuse", r.BitmapMode)
+	case r.BitmapMode != BitmapNone && r.BitmapName == "":
+		return Errorf(ErrInvalid, "bitmap_mode %s needs bitmap_name", r.BitmapMode)
+	case (r.URI == "") == !r.Tunnel:
+		return Errorf(ErrInvalid, "source: give exactly one of uri and tunnel")
+	case r.BandwidthLimit < 0:
+		return Errorf(ErrInvalid, "bandwidth_limit %d is negative", r.BandwidthLimit)
+	}
+	return nil
+}
+
+// ServiceCatalog is what the Service needs of the catalog.
+type ServiceCatalog interface {
+	SnapshotCatalog
+	ChunkCatalog
+	TaskCatalog
+}
+
+// ServiceConfig tunes the Service.
+type ServiceConfig struct {
+	Pull PullConfig
+	// TunnelTimeout bounds the wait for the plugin's tunnel after a pull
+	// with source tunnel was started.
+	TunnelTimeout time.Duration
+	// ProgressInterval is how often a running pull writes its progress.
+	ProgressInterval time.Duration
+}
+
+// DefaultServiceConfig returns the defaults.
+func DefaultServiceConfig() ServiceConfig {
+	return ServiceConfig{Pull: DefaultPullConfig(), TunnelTimeout: 2 * time.Minute, ProgressInterval: time.Second}
+}
+
+// Service orchestrates backups: disk pulls and commits. Pulls outlive the
+// request that starts them and run under the Service's own lifetime; Close
+// cancels them and waits.
+type Service struct {
+	log     *slog.Logger
+	cfg     ServiceConfig
+	catalog ServiceCatalog
+	chunks  ChunkStore
+	objects ObjectStore
+	sources SourceOpener
+	now     func() time.Time
+
+	ctx    context.Context // lifetime of background pulls
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	pulls map[pullKey]*runningPull // guarded by mu
+}
+
+type pullKey struct{ session, device string }
+
+// taskBackupDisk is the kind of a disk pull's task.
+const taskBackupDisk = "backup-disk"
+
+type runningPull struct {
+	taskID string
+	cancel context.CancelFunc
+	tunnel chan net.Conn // nil unless the source is a tunnel; buffered 1
+}
+
+// NewService returns a Service. Close it to stop running pulls.
+func NewService(log *slog.Logger, cfg ServiceConfig, catalog ServiceCatalog, chunks ChunkStore, objects ObjectStore, sources SourceOpener) *Service {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Service{
+		log: log, cfg: cfg, catalog: catalog, chunks: chunks, objects: objects, sources: sources,
+		now: time.Now, ctx: ctx, cancel: cancel, pulls: map[pullKey]*runningPull{},
+	}
+}
+
+// Close cancels running pulls and waits for them to finish.
+func (s *Service) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// IncrementalBase returns the snapshot and disk an incremental of device
+// may build on (invariant 3): the last committed snapshot of the same
+// namespace, vmid and storage, not failed verification, with the same
+// device at the same size. ErrNotFound when there is none.
+func (s *Service) IncrementalBase(ctx context.Context, session Snapshot, device string, size int64) (Snapshot, Disk, error) {
+	base, err := s.catalog.LastSnapshot(ctx, session.Namespace, session.VMID, session.Type, session.Storage)
+	if err != nil {
+		return Snapshot{}, Disk{}, err
+	}
+	if base.VerifyState == VerifyFailed {
+		return Snapshot{}, Disk{}, Errorf(ErrNotFound, "last snapshot %s failed verification", base.Name)
+	}
+	disks, err := s.catalog.ListDisks(ctx, base.ID)
+	if err != nil {
+		return Snapshot{}, Disk{}, err
+	}
+	for _, d := range disks {
+		if d.Device == device && d.Size == size {
+			return base, d, nil
+		}
+	}
+	return Snapshot{}, Disk{}, Errorf(ErrNotFound, "last snapshot %s has no disk %s of %d bytes", base.Name, device, size)
+}
+
+// StartPull starts pulling one disk of an open VM backup session and
+// returns its task. With a tunnel source the pull waits for AttachTunnel.
+func (s *Service) StartPull(ctx context.Context, session Snapshot, req PullRequest) (Task, error) {
+	if err := req.validate(); err != nil {
+		return Task{}, err
+	}
+	if session.State != SnapshotOpen {
+		return Task{}, Errorf(ErrConflict, "backup %s is already committed", session.ID)
+	}
+	if session.Type != GuestQemu {
+		return Task{}, Errorf(ErrInvalid, "disk pulls are for qemu backups; %s is %s", session.Name, session.Type)
+	}
+	var base *FixedIndex
+	if req.BitmapMode == BitmapReuse {
+		_, disk, err := s.IncrementalBase(ctx, session, req.Device, req.Size)
+		if errors.Is(err, ErrNotFound) {
+			return Task{}, Errorf(ErrConflict, "bitmap_mode reuse for %s, but there is no base to build on (%s); the bitmap must be recreated (new)", req.Device, Detail(err))
+		}
+		if err != nil {
+			return Task{}, err
+		}
+		if base, err = s.loadBase(ctx, disk); err != nil {
+			return Task{}, err
+		}
+	}
+	disks, err := s.catalog.ListDisks(ctx, session.ID)
+	if err != nil {
+		return Task{}, err
+	}
+	for _, d := range disks {
+		if d.Device == req.Device {
+			return Task{}, Errorf(ErrConflict, "disk %s of backup %s is already stored", req.Device, session.ID)
+		}
+	}
+	key := pullKey{session.ID, req.Device}
+	s.mu.Lock()
+	if _, busy := s.pulls[key]; busy {
+		s.mu.Unlock()
+		return Task{}, Errorf(ErrConflict, "a pull of %s is already running for backup %s", req.Device, session.ID)
+	}
+	pctx, cancel := context.WithCancel(s.ctx)
+	rp := &runningPull{cancel: cancel}
+	if req.Tunnel {
+		rp.tunnel = make(chan net.Conn, 1)
+	}
+	s.pulls[key] = rp
+	s.mu.Unlock()
+
+	task, err := s.catalog.CreateTask(ctx, Task{Kind: taskBackupDisk, Namespace: session.Namespace, SnapshotID: session.ID, Total: req.Size})
+	if err != nil {
+		s.forget(key)
+		cancel()
+		return Task{}, err
+	}
+	rp.taskID = task.ID
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer cancel()
+		defer s.forget(key)
+		s.runPull(pctx, task, session, req, base, rp)
+	}()
+	return task, nil
+}
+
+func (s *Service) forget(key pullKey) {
+	s.mu.Lock()
+	delete(s.pulls, key)
+	s.mu.Unlock()
+}
+
+// TunnelWaiting reports whether a pull of device waits for its tunnel: the
+// HTTP layer checks it before upgrading the connection.
+func (s *Service) TunnelWaiting(session, device string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rp := s.pulls[pullKey{session, device}]
+	if rp == nil || rp.tunnel == nil {
+		return Errorf(ErrNotFound, "no pull of %s with source tunnel is running for backup %s on this server", device, session)
+	}
+	if len(rp.tunnel) > 0 {
+		return Errorf(ErrConflict, "the tunnel of %s is already open", device)
+	}
+	return nil
+}
+
+// AttachTunnel hands the plugin's upgraded connection to the waiting pull,
+// which owns it from then on.
+func (s *Service) AttachTunnel(session, device string, conn net.Conn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rp := s.pulls[pullKey{session, device}]
+	if rp == nil || rp.tunnel == nil {
+		conn.Close()
+		return Errorf(ErrNotFound, "no pull of %s is waiting for a tunnel", device)
+	}
+	select {
+	case rp.tunnel <- conn:
+		return nil
+	default:
+		conn.Close()
+		return Errorf(ErrConflict, "the tunnel of %s is already open", device)
+	}
+}
+
+// CancelPulls stops the running pulls of a session (it is being discarded).
+func (s *Service) CancelPulls(session string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, rp := range s.pulls {
+		if k.session == session {
+			rp.cancel()
+		}
+	}
+}
+
+func indexKey(snapshotID, name, ext string) string {
+	return "indexes/" + snapshotID + "/" + name + "." + ext
+}
+
+// loadBase reads a disk's index and makes sure every chunk it references is
+// still stored and good. That query also refreshes the chunks' touch time,
+// so a GC running meanwhile keeps them for the grace period.
+func (s *Service) loadBase(ctx context.Context, d Disk) (*FixedIndex, error) {
+	idx, err := s.loadFixedIndex(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	refs := idx.Refs()
+	batch := s.cfg.Pull.DedupBatch * 8
+	for i := 0; i < len(refs); i += batch {
+		part := refs[i:min(i+batch, len(refs))]
+		known, err := s.catalog.KnownChunks(ctx, part)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range part {
+			if !known[id] {
+				return nil, Errorf(ErrConflict, "base of %s references chunk %s, which is missing or damaged; the bitmap must be recreated (new)", d.Device, id)
+			}
+		}
+	}
+	return idx, nil
+}
+
+func (s *Service) loadFixedIndex(ctx context.Context, d Disk) (*FixedIndex, error) {
+	b, err := s.objects.GetObject(ctx, d.IndexKey)
+	if err != nil {
+		return nil, fmt.Errorf("backup: load index of %s: %w", d.Device, err)
+	}
+	if sha256.Sum256(b) != d.IndexSum {
+		return nil, fmt.Errorf("backup: index of %s does not match its catalog checksum: %w", d.Device, ErrChecksum)
+	}
+	return UnmarshalFixedIndex(b)
+}
+
+// runPull runs one pull to its end and records the outcome in its task.
+func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req PullRequest, base *FixedIndex, rp *runningPull) {
+	log := s.log.With("snapshot", session.Name, "disk", req.Device, "task_id", task.ID)
+	tlog := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if err := s.catalog.AppendTaskLog(context.WithoutCancel(ctx), task.ID, msg); err != nil {
+			log.WarnContext(ctx, "append task log", "err", err)
+		}
+	}
+	start := s.now()
+	stats := &pullStats{}
+	disk, err := s.pullDisk(ctx, task, session, req, base, rp, stats, tlog)
+	state, msg := TaskOK, ""
+	if err != nil {
+		state, msg = TaskError, err.Error()
+		if ctx.Err() != nil && s.ctx.Err() != nil {
+			msg = "server shutting down: " + msg
+		}
+		tlog("backup of %s failed: %s", req.Device, msg)
+		log.WarnContext(ctx, "disk pull failed", "err", err)
+	} else {
+		el := s.now().Sub(start)
+		tlog("backup of %s done: read %d bytes, stored %d new bytes in %d chunks, %.1fs (%.0f MiB/s)",
+			req.Device, stats.Read.Load(), disk.NewBytes, stats.NewCount, el.Seconds(), float64(stats.Read.Load())/(1<<20)/max(el.Seconds(), 1e-3))
+		log.InfoContext(ctx, "disk pull done", "bytes", stats.Read.Load(), "new_bytes", disk.NewBytes, "duration", el)
+	}
+	fctx := context.WithoutCancel(ctx)
+	if err := s.catalog.UpdateTaskProgress(fctx, task.ID, stats.Read.Load(), max(stats.Total, stats.Read.Load())); err != nil {
+		log.WarnContext(ctx, "task progress", "err", err)
+	}
+	if err := s.catalog.FinishTask(fctx, task.ID, state, msg); err != nil {
+		log.ErrorContext(ctx, "finish task", "err", err)
+	}
+}
+
+func (s *Service) pullDisk(ctx context.Context, task Task, session Snapshot, req PullRequest, base *FixedIndex,
+	rp *runningPull, stats *pullStats, tlog func(string, ...any)) (Disk, error) {
+	src, err := s.openSource(ctx, req, rp, tlog)
+	if err != nil {
+		return Disk{}, err
+	}
+	defer src.Close()
+	if src.Size() != req.Size {
+		return Disk{}, Errorf(ErrInvalid, "the source of %s has %d bytes, the request says %d", req.Device, src.Size(), req.Size)
+	}
+	tlog("pulling %s: %d bytes, bitmap mode %s", req.Device, req.Size, req.BitmapMode)
+
+	p := &puller{cfg: s.cfg.Pull, chunks: s.chunks, catalog: s.catalog, src: src, base: base, stats: stats,
+		onWarn: func(msg string) { tlog("warning: %s", msg) }}
+	if req.BandwidthLimit > 0 {
+		p.limiter = rate.NewLimiter(rate.Limit(req.BandwidthLimit), int(min(req.BandwidthLimit, int64(s.cfg.Pull.ChunkSize))))
+	}
+	stopProgress := s.reportProgress(ctx, task.ID, stats)
+	idx, err := p.run(ctx)
+	stopProgress()
+	if err != nil {
+		return Disk{}, err
+	}
+	b, err := idx.MarshalBinary()
+	if err != nil {
+		return Disk{}, err
+	}
+	d := Disk{
+		SnapshotID: session.ID, Device: req.Device, Size: req.Size, ChunkSize: s.cfg.Pull.ChunkSize,
+		BitmapMode: string(req.BitmapMode), IndexKey: indexKey(session.ID, req.Device, "fidx"),
+		IndexSum: sha256.Sum256(b), NewBytes: stats.NewBytes,
+	}
+	if err := s.objects.PutObject(ctx, d.IndexKey, b); err != nil {
+		return Disk{}, fmt.Errorf("store index: %w", err)
+	}
+	if err := s.catalog.AddDisk(ctx, d); err != nil {
+		return Disk{}, fmt.Errorf("record disk: %w", err)
+	}
+	return d, nil
+}
+
+func (s *Service) openSource(ctx context.Context, req PullRequest, rp *runningPull, tlog func(string, ...any)) (DiskSource, error) {
+	if !req.Tunnel {
+		src, err := s.sources.OpenURI(ctx, req.URI, req)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", req.URI, err)
+		}
+		return src, nil
+	}
+	tlog("waiting for the tunnel of %s", req.Device)
+	timer := time.NewTimer(s.cfg.TunnelTimeout)
+	defer timer.Stop()
+	select {
+	case conn := <-rp.tunnel:
+		src, err := s.sources.OpenConn(ctx, conn, req)
+		if err != nil {
+			return nil, fmt.Errorf("NBD handshake through the tunnel: %w", err)
+		}
+		return src, nil
+	case <-timer.C:
+		return nil, Errorf(ErrInvalid, "the plugin did not open the tunnel of %s within %s", req.Device, s.cfg.TunnelTimeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// reportProgress writes the pull's progress to its task until stopped.
+func (s *Service) reportProgress(ctx context.Context, taskID string, stats *pullStats) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.cfg.ProgressInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				total := stats.Total
+				if total == 0 {
+					continue // extent map not known yet
+				}
+				if err := s.catalog.UpdateTaskProgress(ctx, taskID, stats.Read.Load(), total); err != nil && ctx.Err() == nil {
+					s.log.WarnContext(ctx, "task progress", "task_id", taskID, "err", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// Commit makes an open session a visible snapshot: every disk pull must be
+// finished, every index readable, and every chunk they reference gets a
+// reference in the same catalog transaction (invariant 1).
+func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error) {
+	if session.State != SnapshotOpen {
+		return Snapshot{}, Errorf(ErrConflict, "backup %s is already committed as %s", session.ID, session.Name)
+	}
+	tasks, err := s.catalog.ListTasks(ctx, session.ID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	for _, t := range tasks {
+		if t.Kind != taskBackupDisk {
+			continue
+		}
+		switch t.State {
+		case TaskRunning:
+			return Snapshot{}, Errorf(ErrConflict, "disk pull task %s is still running", t.ID)
+		case TaskError:
+			return Snapshot{}, Errorf(ErrConflict, "disk pull task %s failed (%s); this backup cannot be committed", t.ID, t.Error)
+		}
+	}
+	disks, err := s.catalog.ListDisks(ctx, session.ID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	archives, err := s.catalog.ListArchives(ctx, session.ID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	seen := map[ChunkID]struct{}{}
+	var refs []ChunkID
+	addRefs := func(ids []ChunkID) {
+		for _, id := range ids {
+			if _, ok := seen[id]; !ok {
+				seen[id] = struct{}{}
+				refs = append(refs, id)
+			}
+		}
+	}
+	var size, newBytes int64
+	for _, d := range disks {
+		idx, err := s.loadFixedIndex(ctx, d)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		addRefs(idx.Refs())
+		size += d.Size
+		newBytes += d.NewBytes
+	}
+	for _, a := range archives {
+		b, err := s.objects.GetObject(ctx, a.IndexKey)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("backup: load index of archive %s: %w", a.Name, err)
+		}
+		if sha256.Sum256(b) != a.IndexSum {
+			return Snapshot{}, fmt.Errorf("backup: index of archive %s does not match its checksum: %w", a.Name, ErrChecksum)
+		}
+		idx, err := UnmarshalDynamicIndex(b)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		addRefs(idx.Refs())
+		size += a.Size
+		newBytes += a.NewBytes
+	}
+	return s.catalog.CommitSnapshot(ctx, session.ID, size, newBytes, refs)
+}
