@@ -15,7 +15,7 @@ peers_install() {
 		apt-get install -y -qq --no-install-recommends qemu-utils nbdkit libnbd-bin nbdfuse fuse3 tar >/dev/null
 	fi
 	VERSITYGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
-	if [ ! -x "$VERSITYGW" ] || ! "$VERSITYGW" --version 2>/dev/null | grep -q 'v1.8.0'; then
+	if [ ! -x "$VERSITYGW" ] || ! go version -m "$VERSITYGW" 2>/dev/null | grep -q 'github.com/versity/versitygw[[:space:]]*v1.8.0'; then
 		echo "peers: building versitygw v1.8.0 (about a minute the first time)" >&2
 		go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 		VERSITYGW="$(go env GOPATH)/bin/versitygw"
