@@ -8,37 +8,27 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+
+	"github.com/backstop-pve/backstop/internal/secret"
 )
-
-// secret is a configuration value that must never be printed or logged.
-type secret string
-
-func (s secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return "[redacted]"
-}
-
-func (s secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // Config is the whole server configuration. Every field has an environment
 // variable BACKSTOP_<NAME> and a flag --<name> (the flag wins).
 type Config struct {
-	Listen            string // BACKSTOP_LISTEN: HTTP address
-	NBDListen         string // BACKSTOP_NBD_LISTEN: NBD restore exports
-	NBDAdvertise      string // BACKSTOP_NBD_ADVERTISE: host:port put in export URIs
-	DatabaseURL       secret // BACKSTOP_DATABASE_URL: Postgres DSN
-	Store             string // BACKSTOP_STORE: s3://bucket?endpoint=… or file:///path
-	S3AccessKey       string // BACKSTOP_S3_ACCESS_KEY
-	S3SecretKey       secret // BACKSTOP_S3_SECRET_KEY
-	AdminToken        secret // BACKSTOP_ADMIN_TOKEN: bootstrap admin bearer token
-	DataDir           string // BACKSTOP_DATA_DIR: embedded defaults
-	TLSCert           string // BACKSTOP_TLS_CERT
-	TLSKey            string // BACKSTOP_TLS_KEY
-	EncryptionKeyFile string // BACKSTOP_ENCRYPTION_KEY_FILE
-	LogFormat         string // BACKSTOP_LOG_FORMAT: text or json
-	LogLevel          string // BACKSTOP_LOG_LEVEL: debug, info, warn, error
+	Listen            string        // BACKSTOP_LISTEN: HTTP address
+	NBDListen         string        // BACKSTOP_NBD_LISTEN: NBD restore exports
+	NBDAdvertise      string        // BACKSTOP_NBD_ADVERTISE: host:port put in export URIs
+	DatabaseURL       secret.String // BACKSTOP_DATABASE_URL: Postgres DSN
+	Store             string        // BACKSTOP_STORE: s3://bucket?endpoint=… or file:///path
+	S3AccessKey       string        // BACKSTOP_S3_ACCESS_KEY
+	S3SecretKey       secret.String // BACKSTOP_S3_SECRET_KEY
+	AdminToken        secret.String // BACKSTOP_ADMIN_TOKEN: bootstrap admin bearer token
+	DataDir           string        // BACKSTOP_DATA_DIR: embedded defaults
+	TLSCert           string        // BACKSTOP_TLS_CERT
+	TLSKey            string        // BACKSTOP_TLS_KEY
+	EncryptionKeyFile string        // BACKSTOP_ENCRYPTION_KEY_FILE
+	LogFormat         string        // BACKSTOP_LOG_FORMAT: text or json
+	LogLevel          string        // BACKSTOP_LOG_LEVEL: debug, info, warn, error
 }
 
 // DefaultConfig returns the defaults of architecture.md.
@@ -56,7 +46,7 @@ type setting struct {
 	name  string // flag name; env is BACKSTOP_ + upper snake case
 	usage string
 	str   *string
-	sec   *secret
+	sec   *secret.String
 }
 
 func (c *Config) settings() []setting {
@@ -94,14 +84,14 @@ func loadConfig(name string, getenv func(string) string, args []string, out io.W
 			if s.str != nil {
 				*s.str = v
 			} else {
-				*s.sec = secret(v)
+				*s.sec = secret.String(v)
 			}
 		}
 		usage := s.usage + " (env " + envName(s.name) + ")"
 		if s.str != nil {
 			fs.StringVar(s.str, s.name, *s.str, usage)
 		} else {
-			fs.Func(s.name, usage, func(v string) error { *s.sec = secret(v); return nil })
+			fs.Func(s.name, usage, func(v string) error { *s.sec = secret.String(v); return nil })
 		}
 	}
 	if err := fs.Parse(args); err != nil {

@@ -32,6 +32,7 @@ import (
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
 	"github.com/backstop-pve/backstop/internal/nbd"
+	"github.com/backstop-pve/backstop/internal/secret"
 )
 
 func main() {
@@ -62,7 +63,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		return catalog.Migrate(ctx, catalog.Secret(cfg.DatabaseURL), newLogger(cfg, stderr))
+		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), newLogger(cfg, stderr))
 	case "token":
 		return runToken(ctx, args, getenv, stdout, stderr)
 	case "help", "-h", "--help":
@@ -81,7 +82,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	if cfg.Store == "" {
 		return errors.New("BACKSTOP_STORE is required (s3://bucket?endpoint=host:port or file:///path)")
 	}
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(catalog.Secret(cfg.DatabaseURL)), log)
+	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), log)
 	if err != nil {
 		return fmt.Errorf("open catalog: %w", err)
 	}
@@ -159,7 +160,7 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*chunkstore.S
 	scfg := chunkstore.DefaultConfig()
 	scfg.URL = cfg.Store
 	scfg.AccessKey = cfg.S3AccessKey
-	scfg.SecretKey = chunkstore.Secret(cfg.S3SecretKey)
+	scfg.SecretKey = secret.String(cfg.S3SecretKey)
 	if cfg.EncryptionKeyFile != "" {
 		key, err := chunkstore.LoadKeyFile(cfg.EncryptionKeyFile)
 		if err != nil {

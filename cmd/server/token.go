@@ -12,6 +12,7 @@ import (
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/handlers"
+	"github.com/backstop-pve/backstop/internal/secret"
 )
 
 // runToken implements `server token create`: for ops, and to get the first
@@ -34,12 +35,12 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			if s.str != nil {
 				*s.str = v
 			} else {
-				*s.sec = secret(v)
+				*s.sec = secret.String(v)
 			}
 		}
 	}
 	fs.Func("database-url", "Postgres DSN of the catalog (env BACKSTOP_DATABASE_URL)", func(v string) error {
-		cfg.DatabaseURL = secret(v)
+		cfg.DatabaseURL = secret.String(v)
 		return nil
 	})
 	if err := fs.Parse(args[1:]); err != nil {
@@ -59,7 +60,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		e := t.CreatedAt.Add(*expires)
 		t.ExpiresAt = &e
 	}
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(catalog.Secret(cfg.DatabaseURL)), newLogger(cfg, stderr))
+	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), newLogger(cfg, stderr))
 	if err != nil {
 		return fmt.Errorf("open catalog: %w", err)
 	}

@@ -12,13 +12,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/backstop-pve/backstop/internal/backup"
+	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
 // TestMigrations_DownUp checks every Down section undoes its Up: migrate
 // up, all the way down, and up again.
 func TestMigrations_DownUp(t *testing.T) {
-	dsn := Secret(testenv.PostgresDSN(t))
+	dsn := secret.String(testenv.PostgresDSN(t))
 	ctx := t.Context()
 	if err := Migrate(ctx, dsn, nil); err != nil {
 		t.Fatalf("Migrate: %v", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/catalog/catalogtest"
+	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
@@ -34,7 +35,7 @@ func mustOpen(t *testing.T, cfg catalog.Config) *catalog.Store {
 // newTestStore opens a Store on a fresh database of its own.
 func newTestStore(t *testing.T) *catalog.Store {
 	t.Helper()
-	return mustOpen(t, catalog.DefaultConfig(catalog.Secret(testenv.PostgresDSN(t))))
+	return mustOpen(t, catalog.DefaultConfig(secret.String(testenv.PostgresDSN(t))))
 }
 
 func TestStore_Contract(t *testing.T) {
@@ -42,7 +43,7 @@ func TestStore_Contract(t *testing.T) {
 }
 
 func TestOpen_Twice(t *testing.T) {
-	dsn := catalog.Secret(testenv.PostgresDSN(t))
+	dsn := secret.String(testenv.PostgresDSN(t))
 	s1 := mustOpen(t, catalog.DefaultConfig(dsn))
 	if _, err := s1.CreateJob(t.Context(), backup.Job{Node: "n", Storage: "s", StartTime: time.Now()}); err != nil {
 		t.Fatalf("CreateJob: %v", err)
@@ -60,7 +61,7 @@ func TestOpen_Twice(t *testing.T) {
 // TestOpen_Concurrent starts several replicas at once on an empty database:
 // the advisory lock lets one migrate while the others wait, and all start.
 func TestOpen_Concurrent(t *testing.T) {
-	dsn := catalog.Secret(testenv.PostgresDSN(t))
+	dsn := secret.String(testenv.PostgresDSN(t))
 	const replicas = 5
 	var wg sync.WaitGroup
 	errs := make([]error, replicas)
@@ -125,7 +126,7 @@ func TestStore_Close(t *testing.T) {
 }
 
 func TestStore_Now(t *testing.T) {
-	cfg := catalog.DefaultConfig(catalog.Secret(testenv.PostgresDSN(t)))
+	cfg := catalog.DefaultConfig(secret.String(testenv.PostgresDSN(t)))
 	now := time.Date(2030, 1, 2, 3, 4, 5, 123456789, time.FixedZone("CET", 3600))
 	cfg.Now = func() time.Time { return now }
 	s := mustOpen(t, cfg)

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
+	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/migrations"
 )
 
@@ -19,7 +20,7 @@ const migrationLockID int64 = 0x6261636b73746f70
 // Migrate applies the pending migrations of the embedded schema to the
 // database at dsn and returns when the schema is current. It is safe to run
 // from several processes at once. logger may be nil.
-func Migrate(ctx context.Context, dsn Secret, logger *slog.Logger) error {
+func Migrate(ctx context.Context, dsn secret.String, logger *slog.Logger) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}

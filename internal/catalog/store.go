@@ -14,32 +14,14 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/backstop-pve/backstop/internal/backup"
+	"github.com/backstop-pve/backstop/internal/secret"
 )
-
-// Secret is a string that must not be printed or logged, such as a DSN
-// with a password in it. String, GoString and LogValue redact it.
-type Secret string
-
-const redacted = "[redacted]"
-
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return redacted
-}
-
-// GoString redacts %#v too.
-func (s Secret) GoString() string { return s.String() }
-
-// LogValue implements slog.LogValuer.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // Config configures a Store. Start from DefaultConfig. Non-zero fields
 // override what the DSN sets (pool_max_conns, connect_timeout, ...).
 type Config struct {
 	// DSN is a Postgres connection string, URL or keyword/value form.
-	DSN Secret
+	DSN secret.String
 	// MaxConns bounds the pool; 0 keeps pgx's default (4 or NumCPU).
 	MaxConns int32
 	// MinConns is kept open even when idle.
@@ -58,7 +40,7 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults for a Postgres at dsn.
-func DefaultConfig(dsn Secret) Config {
+func DefaultConfig(dsn secret.String) Config {
 	return Config{DSN: dsn, MaxConns: 16, ConnectTimeout: 10 * time.Second}
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/backstop-pve/backstop/internal/backup"
+	"github.com/backstop-pve/backstop/internal/secret"
 )
 
 // Config configures Open. Start from DefaultConfig; Open also treats zero
@@ -24,7 +25,7 @@ type Config struct {
 	URL string
 	// AccessKey and SecretKey are the S3 credentials (required for s3://).
 	AccessKey string
-	SecretKey Secret
+	SecretKey secret.String
 	// EncryptionKey, when set (32 bytes, see LoadKeyFile), turns on
 	// AES-256-GCM envelopes and keyed chunk ids.
 	EncryptionKey Key
@@ -252,27 +253,6 @@ func checkBucketName(b string) error {
 }
 
 const redacted = "[redacted]"
-
-// Secret is a string that never shows in logs or formatted output. Convert
-// it with string(s) where the value is really needed.
-type Secret string
-
-// String returns "[redacted]", or "" for an empty secret.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return redacted
-}
-
-// Format prints String for every verb (%d, %x, %#v included).
-func (s Secret) Format(f fmt.State, verb rune) { io.WriteString(f, s.String()) }
-
-// LogValue implements slog.LogValuer.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// MarshalText keeps JSON and similar encodings redacted.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // Key is key material that never shows in logs or formatted output (%v, %x,
 // %#v, slog, JSON). A []byte converts to it implicitly.

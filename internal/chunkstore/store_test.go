@@ -20,6 +20,7 @@ import (
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/backup/backuptest"
 	"github.com/backstop-pve/backstop/internal/chunkstore"
+	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
@@ -54,7 +55,7 @@ func newS3Repo(t testing.TB) (chunkstore.Config, string) {
 	bucket := testenv.Bucket()
 	cfg := chunkstore.DefaultConfig()
 	cfg.URL = fmt.Sprintf("s3://%s?endpoint=%s&insecure=1", bucket, peer.Endpoint)
-	cfg.AccessKey, cfg.SecretKey = peer.AccessKey, chunkstore.Secret(peer.SecretKey)
+	cfg.AccessKey, cfg.SecretKey = peer.AccessKey, secret.String(peer.SecretKey)
 	cfg.RetryBase, cfg.MaxRetries = 10*time.Millisecond, 3
 	t.Cleanup(func() { removeBucket(t, peer, bucket) })
 	dir := ""

@@ -23,6 +23,7 @@ import (
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
 	"github.com/backstop-pve/backstop/internal/nbd"
+	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
@@ -54,14 +55,14 @@ func newS3TestServer(t *testing.T) *testServer {
 	s3 := testenv.S3(t)
 	scfg := chunkstore.DefaultConfig()
 	scfg.URL = "s3://" + testenv.Bucket() + "?endpoint=" + s3.Endpoint + "&insecure=1"
-	scfg.AccessKey, scfg.SecretKey = s3.AccessKey, chunkstore.Secret(s3.SecretKey)
+	scfg.AccessKey, scfg.SecretKey = s3.AccessKey, secret.String(s3.SecretKey)
 	return newTestServerWith(t, scfg)
 }
 
 func newTestServerWith(t *testing.T, scfg chunkstore.Config) *testServer {
 	t.Helper()
 	ctx := context.Background()
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(catalog.Secret(testenv.PostgresDSN(t))), slog.New(slog.DiscardHandler))
+	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(testenv.PostgresDSN(t))), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("open catalog: %v", err)
 	}
