@@ -1,6 +1,9 @@
 package backup
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // The catalog contracts. Implementations: internal/catalog (Postgres) and,
 // later, an embedded backend; both run the suite in catalog/catalogtest.
@@ -73,8 +76,12 @@ type ChunkCatalog interface {
 	// KnownChunks returns which of ids are stored and not marked bad, and
 	// refreshes their touch time so a GC grace period covers the caller.
 	KnownChunks(ctx context.Context, ids []ChunkID) (map[ChunkID]bool, error)
-	// AddChunks records chunks that are now durable in the store. Adding a
-	// known chunk only refreshes its touch time.
+	// ReserveChunks records chunks about to be uploaded as pending, so that
+	// what a crash leaves in the store is known to the catalog (and to GC).
+	// Pending chunks are not known to KnownChunks nor accepted by commits.
+	ReserveChunks(ctx context.Context, chunks []ChunkInfo) error
+	// AddChunks records chunks that are now durable in the store; pending
+	// ones become stored. Adding a known chunk only refreshes its touch time.
 	AddChunks(ctx context.Context, chunks []ChunkInfo) error
 }
 
@@ -90,6 +97,9 @@ type TaskCatalog interface {
 	AppendTaskLog(ctx context.Context, id string, lines ...string) error
 	// TaskLog returns lines with Seq > since, oldest first.
 	TaskLog(ctx context.Context, id string, since int64) ([]TaskLogLine, error)
+	// FailStaleTasks fails running tasks whose progress has not been
+	// written for staleAfter (their server is gone) and says how many.
+	FailStaleTasks(ctx context.Context, staleAfter time.Duration) (int64, error)
 }
 
 // Catalog is everything the service keeps about backups.

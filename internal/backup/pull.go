@@ -70,6 +70,7 @@ func DefaultPullConfig() PullConfig {
 // pullCatalog is what a pull needs of the catalog.
 type pullCatalog interface {
 	KnownChunks(ctx context.Context, ids []ChunkID) (map[ChunkID]bool, error)
+	ReserveChunks(ctx context.Context, chunks []ChunkInfo) error
 	AddChunks(ctx context.Context, chunks []ChunkInfo) error
 }
 
@@ -402,6 +403,7 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 				return fmt.Errorf("dedup lookup: %w", err)
 			}
 		}
+		var toUpload []produced
 		for _, pr := range batch {
 			switch {
 			case pr.zero:
@@ -418,10 +420,25 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 				waiting[pr.id] = append(waiting[pr.id], pr)
 			default:
 				waiting[pr.id] = []produced{}
-				inflight++
-				if err := p.send(ctx, upload, pr, done, finishUpload); err != nil {
-					return err
-				}
+				toUpload = append(toUpload, pr)
+			}
+		}
+		if len(toUpload) == 0 {
+			continue
+		}
+		// Reserve before uploading: whatever a crash leaves in the store is
+		// then in the catalog, where GC finds it.
+		reserve := make([]ChunkInfo, len(toUpload))
+		for i, pr := range toUpload {
+			reserve[i] = ChunkInfo{ID: pr.id, Size: int64(pr.length)}
+		}
+		if err := p.catalog.ReserveChunks(ctx, reserve); err != nil {
+			return fmt.Errorf("reserve chunks: %w", err)
+		}
+		for _, pr := range toUpload {
+			inflight++
+			if err := p.send(ctx, upload, pr, done, finishUpload); err != nil {
+				return err
 			}
 		}
 	}

@@ -79,11 +79,15 @@ type ServiceConfig struct {
 	TunnelTimeout time.Duration
 	// ProgressInterval is how often a running pull writes its progress.
 	ProgressInterval time.Duration
+	// StaleAfter fails running tasks whose progress has not been written
+	// for that long: their server is gone. 0 disables the check.
+	StaleAfter time.Duration
 }
 
 // DefaultServiceConfig returns the defaults.
 func DefaultServiceConfig() ServiceConfig {
-	return ServiceConfig{Pull: DefaultPullConfig(), TunnelTimeout: 2 * time.Minute, ProgressInterval: time.Second}
+	return ServiceConfig{Pull: DefaultPullConfig(), TunnelTimeout: 2 * time.Minute, ProgressInterval: time.Second,
+		StaleAfter: 5 * time.Minute}
 }
 
 // Service orchestrates backups: disk pulls and commits. Pulls outlive the
@@ -120,9 +124,39 @@ type runningPull struct {
 // NewService returns a Service. Close it to stop running pulls.
 func NewService(log *slog.Logger, cfg ServiceConfig, catalog ServiceCatalog, chunks ChunkStore, objects ObjectStore, sources SourceOpener) *Service {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Service{
+	s := &Service{
 		log: log, cfg: cfg, catalog: catalog, chunks: chunks, objects: objects, sources: sources,
 		now: time.Now, ctx: ctx, cancel: cancel, pulls: map[pullKey]*runningPull{},
+	}
+	if cfg.StaleAfter > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.reapStaleTasks(ctx)
+		}()
+	}
+	return s
+}
+
+// reapStaleTasks fails tasks left running by a server that died (kill -9,
+// power loss), so PVE and the dashboard see the failure instead of a task
+// that runs forever. Running pulls write progress every ProgressInterval.
+func (s *Service) reapStaleTasks(ctx context.Context) {
+	t := time.NewTicker(s.cfg.StaleAfter / 5)
+	defer t.Stop()
+	for {
+		n, err := s.catalog.FailStaleTasks(ctx, s.cfg.StaleAfter)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.WarnContext(ctx, "fail stale tasks", "err", err)
+		case n > 0:
+			s.log.WarnContext(ctx, "failed stale tasks left by a stopped server", "tasks", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 
@@ -349,6 +383,8 @@ func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req 
 
 func (s *Service) pullDisk(ctx context.Context, task Task, session Snapshot, req PullRequest, base *FixedIndex,
 	rp *runningPull, stats *pullStats, tlog func(string, ...any)) (Disk, error) {
+	stopProgress := s.reportProgress(ctx, task.ID, stats, req.Size)
+	defer stopProgress()
 	src, err := s.openSource(ctx, req, rp, tlog)
 	if err != nil {
 		return Disk{}, err
@@ -364,9 +400,7 @@ func (s *Service) pullDisk(ctx context.Context, task Task, session Snapshot, req
 	if req.BandwidthLimit > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(req.BandwidthLimit), int(min(req.BandwidthLimit, int64(s.cfg.Pull.ChunkSize))))
 	}
-	stopProgress := s.reportProgress(ctx, task.ID, stats)
 	idx, err := p.run(ctx)
-	stopProgress()
 	if err != nil {
 		return Disk{}, err
 	}
@@ -414,7 +448,9 @@ func (s *Service) openSource(ctx context.Context, req PullRequest, rp *runningPu
 }
 
 // reportProgress writes the pull's progress to its task until stopped.
-func (s *Service) reportProgress(ctx context.Context, taskID string, stats *pullStats) (stop func()) {
+// Until the extent map is known the total is the disk size. The writes
+// double as the task's heartbeat (see reapStaleTasks).
+func (s *Service) reportProgress(ctx context.Context, taskID string, stats *pullStats, size int64) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -428,7 +464,7 @@ func (s *Service) reportProgress(ctx context.Context, taskID string, stats *pull
 			case <-t.C:
 				total := stats.Total
 				if total == 0 {
-					continue // extent map not known yet
+					total = size // extent map not known yet
 				}
 				if err := s.catalog.UpdateTaskProgress(ctx, taskID, stats.Read.Load(), total); err != nil && ctx.Err() == nil {
 					s.log.WarnContext(ctx, "task progress", "task_id", taskID, "err", err)

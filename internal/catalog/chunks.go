@@ -8,8 +8,8 @@ import (
 	"github.com/backstop-pve/backstop/internal/backup"
 )
 
-// KnownChunks returns which of ids are stored and not bad (true; others are
-// absent from the map), and refreshes their touch time, in one statement.
+// KnownChunks returns which of ids are stored, not pending and not bad
+// (true; others are absent from the map), and refreshes their touch time, in one statement.
 // Rows are locked in id order, as everywhere chunk rows are written.
 func (s *Store) KnownChunks(ctx context.Context, ids []backup.ChunkID) (map[backup.ChunkID]bool, error) {
 	known := make(map[backup.ChunkID]bool)
@@ -19,7 +19,7 @@ func (s *Store) KnownChunks(ctx context.Context, ids []backup.ChunkID) (map[back
 	err := s.retry(ctx, func() error {
 		clear(known)
 		rows, _ := s.pool.Query(ctx, `UPDATE chunks SET touched_at = now() WHERE id IN (
-			SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad ORDER BY id FOR UPDATE)
+			SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending ORDER BY id FOR UPDATE)
 			RETURNING id`, idParams(distinctIDs(ids)))
 		var id []byte
 		_, err := pgx.ForEachRow(rows, []any{&id}, func() error {
@@ -34,11 +34,30 @@ func (s *Store) KnownChunks(ctx context.Context, ids []backup.ChunkID) (map[back
 	return known, nil
 }
 
+// ReserveChunks records chunks about to be uploaded as pending, in one
+// statement; a pending row left by an earlier attempt is touched, a stored
+// one is left alone.
+func (s *Store) ReserveChunks(ctx context.Context, chunks []backup.ChunkInfo) error {
+	return s.upsertChunks(ctx, "reserve", chunks, `
+		INSERT INTO chunks AS c (id, size, stored_size, pending)
+		SELECT id, size, 0, true FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS u(id, size, stored) ORDER BY 1
+		ON CONFLICT (id) DO UPDATE SET touched_at = now() WHERE c.pending`)
+}
+
 // AddChunks records durable chunks in one statement. A chunk already
-// recorded gets its touch time refreshed; one marked bad was stored again
-// by the caller (KnownChunks did not count it), so it is good again with
-// its new stored size.
+// recorded gets its touch time refreshed; a pending one becomes stored; one
+// marked bad was stored again by the caller (KnownChunks did not count it),
+// so it is good again with its new stored size.
 func (s *Store) AddChunks(ctx context.Context, chunks []backup.ChunkInfo) error {
+	return s.upsertChunks(ctx, "add", chunks, `
+		INSERT INTO chunks AS c (id, size, stored_size)
+		SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) ORDER BY 1
+		ON CONFLICT (id) DO UPDATE SET touched_at = now(), bad = false, pending = false,
+			size = CASE WHEN c.pending THEN EXCLUDED.size ELSE c.size END,
+			stored_size = CASE WHEN c.bad OR c.pending THEN EXCLUDED.stored_size ELSE c.stored_size END`)
+}
+
+func (s *Store) upsertChunks(ctx context.Context, what string, chunks []backup.ChunkInfo, sql string) error {
 	if len(chunks) == 0 {
 		return nil
 	}
@@ -53,22 +72,17 @@ func (s *Store) AddChunks(ctx context.Context, chunks []backup.ChunkInfo) error 
 			continue
 		}
 		if c.Size < 0 || c.StoredSize < 0 {
-			return wrapf(invalid("chunk %s: negative size", c.ID), "add chunks")
+			return wrapf(invalid("chunk %s: negative size", c.ID), "%s chunks", what)
 		}
 		seen[c.ID] = true
 		ids, sizes, stored = append(ids, c.ID[:]), append(sizes, c.Size), append(stored, c.StoredSize)
 	}
 	err := s.retry(ctx, func() error {
-		_, err := s.pool.Exec(ctx, `
-			INSERT INTO chunks AS c (id, size, stored_size)
-			SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) ORDER BY 1
-			ON CONFLICT (id) DO UPDATE SET touched_at = now(), bad = false,
-				stored_size = CASE WHEN c.bad THEN EXCLUDED.stored_size ELSE c.stored_size END`,
-			ids, sizes, stored)
+		_, err := s.pool.Exec(ctx, sql, ids, sizes, stored)
 		return err
 	})
 	if err != nil {
-		return wrapf(err, "add chunks (%d)", len(ids))
+		return wrapf(err, "%s chunks (%d)", what, len(ids))
 	}
 	return nil
 }

@@ -201,7 +201,7 @@ func (s *Store) CommitSnapshot(ctx context.Context, id string, size, newBytes in
 			return conflict("snapshot %s is already committed", id)
 		}
 		tag, err := tx.Exec(ctx, `UPDATE chunks SET refs = refs + 1 WHERE id IN (
-			SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad ORDER BY id FOR UPDATE)`, params)
+			SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending ORDER BY id FOR UPDATE)`, params)
 		if err != nil {
 			return err
 		}
@@ -222,7 +222,7 @@ func (s *Store) CommitSnapshot(ctx context.Context, id string, size, newBytes in
 // unknownRefs builds the ErrInvalid for a commit whose refs are not all
 // known good chunks, naming the first one missing.
 func unknownRefs(ctx context.Context, tx pgx.Tx, id string, ids []backup.ChunkID, params [][]byte) error {
-	rows, _ := tx.Query(ctx, `SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad`, params)
+	rows, _ := tx.Query(ctx, `SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending`, params)
 	known, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
 	if err != nil {
 		return err

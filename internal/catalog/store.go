@@ -124,7 +124,7 @@ func (s *Store) Stats(ctx context.Context) (backup.RepositoryStats, error) {
 	err := s.pool.QueryRow(ctx, `
 		SELECT s.n, s.bytes, c.n, c.bytes
 		FROM (SELECT count(*), COALESCE(sum(size), 0)::bigint FROM snapshots WHERE state = 'committed') AS s(n, bytes),
-		     (SELECT count(*), COALESCE(sum(stored_size), 0)::bigint FROM chunks) AS c(n, bytes)`,
+		     (SELECT count(*), COALESCE(sum(stored_size), 0)::bigint FROM chunks WHERE NOT pending) AS c(n, bytes)`,
 	).Scan(&st.Snapshots, &st.LogicalBytes, &st.Chunks, &st.StoredBytes)
 	if err != nil {
 		return backup.RepositoryStats{}, wrapf(err, "stats")

@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -145,6 +146,20 @@ func (s *Store) FinishTask(ctx context.Context, id string, state backup.TaskStat
 		return wrapf(err, "finish task %s", id)
 	}
 	return nil
+}
+
+// FailStaleTasks fails running tasks whose progress has not moved for
+// staleAfter: the server that ran them is gone (a running task writes its
+// progress every second). It returns how many it failed.
+func (s *Store) FailStaleTasks(ctx context.Context, staleAfter time.Duration) (int64, error) {
+	now := s.nowUTC()
+	tag, err := s.pool.Exec(ctx, `UPDATE tasks SET state = 'error', error = $2, updated_at = $3, finished_at = $3
+		WHERE state = 'running' AND updated_at < $1`, now.Add(-staleAfter),
+		fmt.Sprintf("stalled: no progress for %s; the server running it stopped", staleAfter), now)
+	if err != nil {
+		return 0, wrapf(err, "fail stale tasks")
+	}
+	return tag.RowsAffected(), nil
 }
 
 func (s *Store) taskState(ctx context.Context, uid uuid.UUID, id string) (backup.TaskState, error) {

@@ -61,11 +61,13 @@ func Run(t *testing.T, newCatalog func(t *testing.T) backup.Catalog) {
 		{"KnownChunks", testKnownChunks},
 		{"KnownChunksBad", testKnownChunksBad},
 		{"KnownChunksLargeBatch", testKnownChunksLargeBatch},
+		{"PendingChunks", testPendingChunks},
 		{"Stats", testStats},
 		{"Tasks", testTasks},
 		{"TaskErrors", testTaskErrors},
 		{"TaskLog", testTaskLog},
 		{"TaskLogConcurrent", testTaskLogConcurrent},
+		{"FailStaleTasks", testFailStaleTasks},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -75,3 +75,28 @@ func testKnownChunksLargeBatch(t *testing.T, c backup.Catalog) {
 	}
 	wantKnown(t, c, ids, want)
 }
+
+// testPendingChunks: a reserved chunk is known to the catalog (for GC) but
+// never to dedup or commits until its upload is recorded.
+func testPendingChunks(t *testing.T, c backup.Catalog) {
+	ctx := t.Context()
+	ids := chunkIDs("pending", 3)
+	mustAddChunks(t, c, ids[2:])
+	if err := c.ReserveChunks(ctx, chunkInfos(ids)); err != nil {
+		t.Fatalf("ReserveChunks: %v", err)
+	}
+	// ids[2] was stored already: reserving it again does not make it pending.
+	wantKnown(t, c, ids, map[backup.ChunkID]bool{ids[2]: true})
+	if st, err := c.Stats(ctx); err != nil || st.Chunks != 1 {
+		t.Fatalf("Stats counts pending chunks: %+v, %v", st, err)
+	}
+	s := mustCreate(t, c, newSnapshot("default", backup.GuestQemu, 100, "backstop", t0))
+	_, err := c.CommitSnapshot(ctx, s.ID, 10, 10, ids[:1])
+	wantKind(t, "CommitSnapshot with a pending ref", err, backup.ErrInvalid)
+	mustAddChunks(t, c, ids[:1])
+	wantKnown(t, c, ids, map[backup.ChunkID]bool{ids[0]: true, ids[2]: true})
+	mustCommit(t, c, s.ID, 10, ids[:1])
+	if st, err := c.Stats(ctx); err != nil || st.Chunks != 2 || st.StoredBytes != 2000 {
+		t.Fatalf("Stats after the upload was recorded: %+v, %v", st, err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/backstop-pve/backstop/internal/backup"
 )
@@ -234,5 +235,32 @@ func testTaskLogConcurrent(t *testing.T, c backup.Catalog) {
 	}
 	if len(all) != total {
 		t.Fatalf("got %d lines, want %d", len(all), total)
+	}
+}
+
+func testFailStaleTasks(t *testing.T, c backup.Catalog) {
+	ctx := t.Context()
+	old := mustTask(t, c, backup.Task{Kind: "backup-disk", Total: 10})
+	done := mustTask(t, c, backup.Task{Kind: "gc"})
+	if err := c.FinishTask(ctx, done.ID, backup.TaskOK, ""); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.FailStaleTasks(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("FailStaleTasks(1h) = %d, %v; nothing is an hour old", n, err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	fresh := mustTask(t, c, backup.Task{Kind: "backup-disk", Total: 10})
+	n, err := c.FailStaleTasks(ctx, 20*time.Millisecond)
+	if err != nil || n != 1 {
+		t.Fatalf("FailStaleTasks = %d, %v; want the one old running task", n, err)
+	}
+	got, err := c.GetTask(ctx, old.ID)
+	if err != nil || got.State != backup.TaskError || !strings.Contains(got.Error, "stalled") || got.FinishedAt == nil {
+		t.Fatalf("stale task after FailStaleTasks: %+v, %v", got, err)
+	}
+	for _, id := range []string{fresh.ID, done.ID} {
+		if got, err := c.GetTask(ctx, id); err != nil || got.State == backup.TaskError {
+			t.Fatalf("task %s was failed too: %+v, %v", id, got, err)
+		}
 	}
 }
