@@ -118,10 +118,22 @@ type qemuNBD struct {
 
 func startQemuNBD(t *testing.T, img, export string, tcp bool) *qemuNBD {
 	t.Helper()
+	return startQemuNBDArgs(t, img, export, tcp, "--read-only")
+}
+
+// startWritableQemuNBD exports img writable with discards passed down, as
+// PVE's fleecing export takes TRIM.
+func startWritableQemuNBD(t *testing.T, img, export string) *qemuNBD {
+	t.Helper()
+	return startQemuNBDArgs(t, img, export, false, "--discard=unmap")
+}
+
+func startQemuNBDArgs(t *testing.T, img, export string, tcp bool, extra ...string) *qemuNBD {
+	t.Helper()
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "nbd.pid")
-	args := []string{"--fork", "--pid-file=" + pidFile, "--persistent", "--shared=8", "--read-only",
-		"-f", "qcow2", "-B", "bm0", "-x", export}
+	args := append([]string{"--fork", "--pid-file=" + pidFile, "--persistent", "--shared=8",
+		"-f", "qcow2", "-B", "bm0", "-x", export}, extra...)
 	q := &qemuNBD{}
 	if tcp {
 		port := freePort(t)

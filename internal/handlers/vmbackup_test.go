@@ -1,9 +1,12 @@
 package handlers_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 func (s *testServer) queryIncremental(token, session, device string, size int64) string {
@@ -166,5 +169,58 @@ func TestVMBackup_TwoDisksOddSizes(t *testing.T) {
 	wantStatus(t, r, http.StatusOK)
 	if !strings.Contains(string(r.body), `"size":12584448`) || !strings.Contains(string(r.body), `"device":"drive-virtio1"`) {
 		t.Fatalf("disks: %s", r.body)
+	}
+}
+
+// TestVMBackup_TrimsWhatIsStored: on an export that takes TRIM (PVE's
+// fleecing image), every region read is discarded once its chunks are
+// durable, so the image ends up empty while the snapshot holds the data.
+func TestVMBackup_TrimsWhatIsStored(t *testing.T) {
+	s := newTestServer(t)
+	bk := s.mustToken("backup")
+	dir := t.TempDir()
+	img := toQcow2(t, mixedImage(t, dir, 4, 0, 3), "4M")
+	want := rawSHA(t, img)
+	nbd := startWritableQemuNBD(t, img, "drive-scsi0")
+	b := s.openBackup(bk, 102, "qemu", 1764100000)
+	tv := s.waitTask(bk, s.startPull(bk, b.ID, map[string]any{"device": "drive-scsi0", "size": 16 * mib,
+		"bitmap_mode": "none", "source": map[string]any{"uri": nbd.uri}}))
+	if tv.State != "ok" {
+		t.Fatalf("pull: %+v", tv)
+	}
+	s.commit(bk, b.ID)
+	if s.snapshotSHA(b.Name, "drive-scsi0") != want {
+		t.Fatal("snapshot differs from the image")
+	}
+	nbd.stop()
+	if got := rawSHA(t, img); got != zeroSHA(16*mib) {
+		t.Fatal("the export still holds data after the backup: regions were not trimmed")
+	}
+}
+
+func zeroSHA(n int) string {
+	h := sha256.New()
+	h.Write(make([]byte, n))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestVMBackup_BandwidthLimit: a pull with bandwidth_limit reads no faster
+// than the limit (after one chunk of burst).
+func TestVMBackup_BandwidthLimit(t *testing.T) {
+	s := newTestServer(t)
+	bk := s.mustToken("backup")
+	img := toQcow2(t, mixedImage(t, t.TempDir(), 3, 0, 4), "4M") // 12 MiB, 8 MiB of it data
+	nbd := startQemuNBD(t, img, "drive-scsi0", false)
+	b := s.openBackup(bk, 103, "qemu", 1764100000)
+	start := time.Now()
+	tv := s.waitTask(bk, s.startPull(bk, b.ID, map[string]any{"device": "drive-scsi0", "size": 12 * mib,
+		"bitmap_mode": "new", "bitmap_name": "bm0", "bandwidth_limit": 4 * mib, "source": map[string]any{"uri": nbd.uri}}))
+	elapsed := time.Since(start)
+	if tv.State != "ok" || tv.Done != 12*mib {
+		t.Fatalf("pull: %+v", tv)
+	}
+	// 12 MiB at 4 MiB/s with a 4 MiB burst: at least 2 s.
+	if elapsed < 1900*time.Millisecond {
+		t.Fatalf("12 MiB pulled in %s at a 4 MiB/s limit", elapsed)
 	}
 }
