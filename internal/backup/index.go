@@ -9,8 +9,8 @@
 //	fixed:   "BSFIDX" u16 version=1 | u32 chunk size | u64 disk size | u64 count | count × 32-byte id | 32-byte SHA-256 of all before
 //	dynamic: "BSDIDX" u16 version=1 | u16 len + params text | u64 count | count × (u64 end offset, 32-byte id) | 32-byte SHA-256 of all before
 //
-// In a fixed index the all-zero id stands for a chunk of zeros, which is
-// never stored; readers synthesise it.
+// In both kinds the all-zero id (ZeroChunk) stands for a chunk of zeros,
+// which is never stored; readers synthesise it from the entry's length.
 
 package backup
 
@@ -33,7 +33,7 @@ var (
 	dynamicMagic = []byte("BSDIDX")
 )
 
-// ZeroChunk is the id a fixed index records for a chunk of zeros.
+// ZeroChunk is the id an index records for a chunk of zeros.
 var ZeroChunk ChunkID
 
 // FixedIndex maps each ChunkSize slot of a disk to a chunk id. The last slot
