@@ -126,6 +126,7 @@ const (
 	NotFound             ProblemCode = "not_found"
 	NotImplemented       ProblemCode = "not_implemented"
 	PayloadTooLarge      ProblemCode = "payload_too_large"
+	RangeNotSatisfiable  ProblemCode = "range_not_satisfiable"
 	Timeout              ProblemCode = "timeout"
 	Unauthorized         ProblemCode = "unauthorized"
 	Unavailable          ProblemCode = "unavailable"
@@ -154,6 +155,8 @@ func (e ProblemCode) Valid() bool {
 	case NotImplemented:
 		return true
 	case PayloadTooLarge:
+		return true
+	case RangeNotSatisfiable:
 		return true
 	case Timeout:
 		return true
@@ -376,12 +379,22 @@ type DiskPullBitmapMode string
 
 // Export defines model for Export.
 type Export struct {
-	Device    *string   `json:"device,omitempty"`
+	// Client the only client address allowed, when bound
+	Client    *string   `json:"client,omitempty"`
+	Device    string    `json:"device"`
 	ExpiresAt time.Time `json:"expires_at"`
-	Export    string    `json:"export"`
-	Id        string    `json:"id"`
-	Snapshot  *string   `json:"snapshot,omitempty"`
-	Uri       string    `json:"uri"`
+
+	// Export the NBD export name (128 random bits)
+	Export   string `json:"export"`
+	Id       string `json:"id"`
+	Ns       string `json:"ns"`
+	Snapshot string `json:"snapshot"`
+
+	// Tunnel path of the HTTPS upgrade tunnel to this export
+	Tunnel string `json:"tunnel"`
+
+	// Uri nbd://host:port/EXPORT (BACKSTOP_NBD_ADVERTISE)
+	Uri string `json:"uri"`
 }
 
 // ExportCreate defines model for ExportCreate.
@@ -649,6 +662,9 @@ type VerifyRequest struct {
 	Snapshot      *string    `json:"snapshot,omitempty"`
 }
 
+// ExportID defines model for ExportID.
+type ExportID = string
+
 // ID defines model for ID.
 type ID = openapi_types.UUID
 
@@ -821,12 +837,15 @@ type ServerInterface interface {
 	// PutBackupLog The vzdump per-guest log (backup_handle_log_file).
 	// (PUT /api/v1/backups/{id}/log)
 	PutBackupLog(w http.ResponseWriter, r *http.Request, id ID)
-
+	// ListExports Live exports of the namespaces the token may act in.
 	// (GET /api/v1/exports)
 	ListExports(w http.ResponseWriter, r *http.Request)
-
+	// DeleteExport Remove an export; connections already open finish.
 	// (DELETE /api/v1/exports/{id})
-	DeleteExport(w http.ResponseWriter, r *http.Request, id ID)
+	DeleteExport(w http.ResponseWriter, r *http.Request, id ExportID)
+	// OpenExportTunnel The export over this HTTPS connection (Connection Upgrade, Upgrade nbd).
+	// (GET /api/v1/exports/{id}/tunnel)
+	OpenExportTunnel(w http.ResponseWriter, r *http.Request, id ExportID)
 
 	// (POST /api/v1/gc)
 	StartGC(w http.ResponseWriter, r *http.Request)
@@ -986,13 +1005,21 @@ func (_ Unimplemented) PutBackupLog(w http.ResponseWriter, r *http.Request, id I
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// ListExports Live exports of the namespaces the token may act in.
 // (GET /api/v1/exports)
 func (_ Unimplemented) ListExports(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DeleteExport Remove an export; connections already open finish.
 // (DELETE /api/v1/exports/{id})
-func (_ Unimplemented) DeleteExport(w http.ResponseWriter, r *http.Request, id ID) {
+func (_ Unimplemented) DeleteExport(w http.ResponseWriter, r *http.Request, id ExportID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OpenExportTunnel The export over this HTTPS connection (Connection Upgrade, Upgrade nbd).
+// (GET /api/v1/exports/{id}/tunnel)
+func (_ Unimplemented) OpenExportTunnel(w http.ResponseWriter, r *http.Request, id ExportID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1464,9 +1491,9 @@ func (siw *ServerInterfaceWrapper) DeleteExport(w http.ResponseWriter, r *http.R
 	_ = err
 
 	// ------------- Path parameter "id" -------------
-	var id ID
+	var id ExportID
 
-	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
 	if err != nil {
 		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
 		return
@@ -1474,6 +1501,32 @@ func (siw *ServerInterfaceWrapper) DeleteExport(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeleteExport(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OpenExportTunnel operation middleware
+func (siw *ServerInterfaceWrapper) OpenExportTunnel(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id ExportID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OpenExportTunnel(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2578,6 +2631,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Delete(options.BaseURL+"/api/v1/exports/{id}", wrapper.DeleteExport)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/api/v1/exports/{id}/tunnel", wrapper.OpenExportTunnel)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/api/v1/snapshots/{name}/archive", wrapper.GetSnapshotArchive)
 	})
 	r.Group(func(r chi.Router) {
@@ -3111,7 +3167,7 @@ func (response ListExportsdefaultApplicationProblemPlusJSONResponse) VisitListEx
 }
 
 type DeleteExportRequestObject struct {
-	Id ID `json:"id"`
+	Id ExportID `json:"id"`
 }
 
 type DeleteExportResponseObject interface {
@@ -3132,6 +3188,39 @@ type DeleteExportdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeleteExportdefaultApplicationProblemPlusJSONResponse) VisitDeleteExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OpenExportTunnelRequestObject struct {
+	Id ExportID `json:"id"`
+}
+
+type OpenExportTunnelResponseObject interface {
+	VisitOpenExportTunnelResponse(w http.ResponseWriter) error
+}
+
+type OpenExportTunnel101Response struct {
+}
+
+func (response OpenExportTunnel101Response) VisitOpenExportTunnelResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type OpenExportTunneldefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OpenExportTunneldefaultApplicationProblemPlusJSONResponse) VisitOpenExportTunnelResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -4255,12 +4344,15 @@ type StrictServerInterface interface {
 	// PutBackupLog The vzdump per-guest log (backup_handle_log_file).
 	// (PUT /api/v1/backups/{id}/log)
 	PutBackupLog(ctx context.Context, request PutBackupLogRequestObject) (PutBackupLogResponseObject, error)
-
+	// ListExports Live exports of the namespaces the token may act in.
 	// (GET /api/v1/exports)
 	ListExports(ctx context.Context, request ListExportsRequestObject) (ListExportsResponseObject, error)
-
+	// DeleteExport Remove an export; connections already open finish.
 	// (DELETE /api/v1/exports/{id})
 	DeleteExport(ctx context.Context, request DeleteExportRequestObject) (DeleteExportResponseObject, error)
+	// OpenExportTunnel The export over this HTTPS connection (Connection Upgrade, Upgrade nbd).
+	// (GET /api/v1/exports/{id}/tunnel)
+	OpenExportTunnel(ctx context.Context, request OpenExportTunnelRequestObject) (OpenExportTunnelResponseObject, error)
 
 	// (POST /api/v1/gc)
 	StartGC(ctx context.Context, request StartGCRequestObject) (StartGCResponseObject, error)
@@ -4769,7 +4861,7 @@ func (sh *strictHandler) ListExports(w http.ResponseWriter, r *http.Request) {
 }
 
 // DeleteExport operation middleware
-func (sh *strictHandler) DeleteExport(w http.ResponseWriter, r *http.Request, id ID) {
+func (sh *strictHandler) DeleteExport(w http.ResponseWriter, r *http.Request, id ExportID) {
 	var request DeleteExportRequestObject
 
 	request.Id = id
@@ -4787,6 +4879,32 @@ func (sh *strictHandler) DeleteExport(w http.ResponseWriter, r *http.Request, id
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeleteExportResponseObject); ok {
 		if err := validResponse.VisitDeleteExportResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OpenExportTunnel operation middleware
+func (sh *strictHandler) OpenExportTunnel(w http.ResponseWriter, r *http.Request, id ExportID) {
+	var request OpenExportTunnelRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OpenExportTunnel(ctx, request.(OpenExportTunnelRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OpenExportTunnel")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OpenExportTunnelResponseObject); ok {
+		if err := validResponse.VisitOpenExportTunnelResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -5553,93 +5671,98 @@ func (sh *strictHandler) GetReadyz(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7F1rc9s4d/4rGPadiTMvbcm5daNMp5PE3t28k2S9sXc72ySVIPJIxIoEuAAoWUn9qd/6M/tLOrjwJoES",
-	"KdNOZtr9sJEoEJdzfc7BAfzVC1iSMgpUCm/01UsxxwlI4PrbGSxJAOpTCCLgJJWEUW/k/Xr+7jcUcrIE",
-	"REIfwcn8BE3092MRCDKceL5HVMMUy8jzPYoT8EZeaLrzPQ5/ZYRD6I0kz8D3RBBBgtU4f+Mw80bePw3K",
-	"aQ3Mr2JgZ3Nz43tvzlRjxxAk3Nn9jPEES2/kZZluKdepektITuhc9/z+suj5rwz4uuyaCq/tTN/jBESK",
-	"7WTf6/c3aSgoTkXEJFLd+2jyKRsOHwd/QZL9Z3wd6G9wbB4uExLWHvzxxx9/jN+9G5+dHf/8s/pweWl+",
-	"byC8/mcXXVIsJXD14n8c5VN4ePxxePz889dT//mN/fjkZmw+PCo/HG89KT78zUHhGzUNkTIqQIvYBWfT",
-	"GBL1MWBUApXqI07TmARYkWqQmhZ//1Moun1tyYK8Xz1infKYIuCccXT04cfX6PmTp/+M7BgoBIlJLB5q",
-	"vtmu1EgveRCRJXwAkcV6gilnKXBJzCJmJLYfcvkiVD57Ui6fUAlz4N6N71FYjadr2bq9IF+gVdObKoM/",
-	"mveqw/l2mp+LV9n0TwikGuQVDhZZur0wErbQmlzMvjrUqToj/a5u2jyF1xyw1H3hMCSKYTi+qExphmMB",
-	"/sYsp/rVsSRmFrvE4jdKrq9Uuxvf+5NNx20XKDqovO8JyTie68kk+Pot0LmMvNGjp099LyE0/37qGMg8",
-	"2D3UTxkIeaUa3viesg12HJJkiTd6nv+nxzLPTvdLi52x7dC292ukbebaj4QSEXXkmtbBDRI9e/r08TMH",
-	"WUQWBCBERcamjMWA6fZCbEvXZF+zJCGySYkbhPhwDbRWV7/umk7pXSvm9yM+/vLy+N+VBS0/jk+OP38d",
-	"+s8eu0yq750RsXhDZ2x7TWExRG+rKpx487qIWFxkcdxZi2m4IqGMxjFJiNz2mNqMoRQ4EhAwGvpoiGaM",
-	"o4zqF0CJ7dZqCh0YuozrlMgEp+OEhZoWQFXLjx5l1NpO7TUzUV1oSUL7di44HVW95E0b0LODYbvU3PcE",
-	"y3jQ1aLKjFKIt1kgI0BpnM0JRSwFKpB6EBKxeCCQfcff0lDfyzjZ7otOw9FgEDEhRynjcgDX6h/EOKLT",
-	"8O8ZJdejwcA+/VfBggXIf7l4efWzE7ZtCOFOma2zvaCQS5TP9eid9AquU8JBjLGsMSvEEo61GfWd79hh",
-	"tn4y1n1bey16dP5oyd3CG6uWxfC1uTdT4zAXTWg4DmJi8V0IM6yNsG1clwxG47WWLDVfEJLQOTLvPhAI",
-	"hyEHIVCC1yhglKq5uWSuo8uWMh4bsyJqE/zh2ZPh0C/d67Phkx/0g1zpng2dJnOLeD+SGM6p5OttaZrX",
-	"mFzR3ZjQxVhiPgc3o3O7tf1m0hUMNXo/HUncyoGUqCa3rwqIer4XEq7Ub52odXq+F2Ee2o+B+gxLpasx",
-	"Cxbm44zMmNMQZ24Cuv2xDY0swLEWwZoCA//m+v9JI+gxcKcJR2ATK4wPdbC1913D//T6g9GLjjo45ziA",
-	"qpB3cpYumS6RaIW5Kn70fC++Dpy8ekMDDglQieOXVKyAN1lX0by8iqfWLrrJQbfxCm6oWJnlrzoN0I3U",
-	"LVbQobeDPL8rHHSt9HAa/YNNXaGw0g0IO/m/tlFY3dxVTJHEXHaO/ypRWpvA1YKFIlCqDNpAnYM8Zb7I",
-	"jmjy1iToNN6mZe1Im9LzVl1t8cnfGxCdjE1A9MgdEFWSSnXiBpa4G6k4iacxoAQHEaFwzAGH+oHJEgVm",
-	"cbnFmeJwbHGJsjwUZzJinHzJw48pCUOgWmDkeMYyqn0JyIiFY/UIxzFb6cYBo7OYBGa965jhcCwZG8fK",
-	"3+uuRZYqwAXhOIGQ4LF1WUEEwUJkyTghIsEyiHTST2SzGQkUSBqXfMgoXmISq9UoOpEEWCbt3EiSxtrE",
-	"6ckou8Epjp121KTF3PiUColpAxa2dBo3gViJZSbcAEYSGbs7ldqNNXRZII1rrJbnjTw8ZZkcTWOsccVu",
-	"ObYENmMX8/ON2LgE+YJnFN5hvtgWtcQ+zeVmAZDqaDJhSw1DOJMQKOJ/PjijZhGNHqpxeoeBhZCvxzyj",
-	"LrC+jbX12jr2j0msveruAD1iGW/TLsZmhbtbJYzKqE13K4BFm3ZrwC2m54JOXcOTg/OC7SGC5qJLjC4r",
-	"wWYvmdfGYKOWHHdlf2REBDKjImXmIEQywhJRhhQrCHDEKKAIO5NBjmw8s4M1pHy3w6FCbR25yDIoqs89",
-	"ZnMS4BgVifgWaf9GcHKIMAAns/VY2TNXnospyzjDJG4wRrksbc9yyWLq3N0yLBqY7SrVxOxP7bXA1qLl",
-	"/fpm1605J10EcIaRVf5sLHuXYF9oL7rPgCWEVp+ebiM3mZv+vQntnWLksheXha/ciDYDSZYOBug5o1UE",
-	"VGdSAixxzOaIcaM2KGBZHCLKJJoCUojHmUTR6KFlkB9EGV203dUKIczSMceSsEZ1MZYADayi269HQ7Mq",
-	"ymRE6BwRYX9/WA5Es2Rqxik2GeojrKI1MpRT72tauXBkbSJt9+usTLVuX1lc23QKkzhusJAjze4ZiQGJ",
-	"tZCQIKUgOk+O7WM14AsEf2U4RpKhTECof7987KNVRIIIRVgoixrgFAdErttZrCxVMV63wE+N7cLj2rC3",
-	"tpabCRSjEjmd7Ci5MFc5tMnhDW4UMl2X19pSXWblCgsHIAx0NNiNPqEy0A2uUCktmnGWaI6bJDYSDM0w",
-	"b8ewQje2hr3LIH5BaHM0UPNOPKNU/WYdlJmuM82zQx80cSQWC7QicZxbujsRZ1fWQK82X5vlZymYFZFo",
-	"JVRv2XxbrmJC7Wa9hGQvqrTdvCW0gis9zDleb63A9LxjMrqXrQkJ+KutIYNrd2I7B5QHkF2NbjuwAzQt",
-	"4IOi0ubklai0qwrYjB3ti87R2AJoPxbhkO2lhli5GYXnkUddrJrSq1Z4fI+zuKbAOEwILQCbDn6xC2E2",
-	"1onYLmszqmlNI7EPSr0dQlvH5u/pox/2puvqJN7YGC1+M8ZLrUdvd+FAIkJfIEhSuVZQLiFCKAyUAKYC",
-	"4VjZlFZWwBFb9s7GKgf38EnLJ47jX2be6OMe+6VV6cbf0ttcxbY3rKeAuSka4CB9JCK2okjvMTIa7Dco",
-	"puftFXy+8b0iqN3GMGabBQlCA9B8VG0RpEzn6zrWKfyuI5nDMjkdMw0sDoGPZYTpOMRrsT8HsmMr2rm9",
-	"ICDIOJHrSzW6TSNoDhXFfToIMY+KDiIpU1PMR2ylS53er3CwEJKlCs9jxCFhEvJEgdlB1Rj3grPrhF2j",
-	"389P0FVEhGqumLM8RR/OL68+0YBRyZWiaVg8NfvQF7+f27IH31Q8YBFNGeYhwjRELBXITEWcfKKf6PkS",
-	"+BoFOI7RNJNoMogAxzL6MtGtJwOlPusvE0QBQoEmL20CWVc7jtArI60mctayZ0s7Tz7RqwiQ0ieEdf2F",
-	"hqPU9kMEmpMlUDXnyfXx1NLjWLWfoKOJ1uIJ+p///i80MXSxX9R0Jg9ffKJ6MIHYzIxRtGLcNtJGaArI",
-	"ltuo4KG0VWbpCqMJhDmgSVMN56Ssu3yIVkRGCCObgZ8ELIQJSkCFb2q9JIHKshQbjibl3sLEzydpvj7U",
-	"A2s9s+r3AkndhQCJputPVCNl4Evguqmax+PHj58jI7BqDUX6txQpk0kQRs5OT4YnQ60nKVCcEm/kPT4Z",
-	"njy2G8tanAd6t9Xs2RdsehN6I+8nkGe57HgblbCPhsONKliFXgaRTOJ62aujpLauC6V4pngOJty2KVy3",
-	"ISjmUSmb9T2RJQnma2/kKblbwbSU+xNFJjwXyj4WK9RQcUPyvJHxFqq/AU7JwJLtZI3NsprI9EsK9OXF",
-	"m/1EqopZ3mkHWimJsGOhkAVZorrtg2JEFP0dTq3l6cAIuMn8MOEglnGhr0rnrJ3EKxaud1CqWzF1rTb3",
-	"pu4gJc/gZotLpz2P7WKdAKGUUleiQdgD05QcIFykl233ym0wCmiuyIqOrMEhlMiHVcZadORk6jRfwxZb",
-	"B19JeDOwJR+ax5mDxReZNGSwdeja2JQHNRogU9lk8ObMu/ncVjaujyXmdQYVcGVKKNaHIpx1/fclE/Vy",
-	"fFeJv2lgM4M9WUA1dUwocAUolMsAnPj2XwjRkU4WKbfIMRUz4L2JR6DrlndYAP17YQEOFI3WVrYbr2pF",
-	"1w5WmcXJXrj0Di8M1i4O1yyJINMY+uMEnZH5fj19bdr1rqYaEaQxJnSvm9unjU+a8q49aYsxl4ZgmaGR",
-	"r1O6x3CNA9kXR0IiFjuc46UCi0VB+p2azW5qUcypFbMe9TZunvhyaGKaxTHS6LoXIdCkR6pTQufagype",
-	"IabA9/tXZ70KwOCrKVS7GZSV6xZZ1tdoXPxMAjcrVVOr1LBrEuiYZGIS6iP01fQ4QpozkxP0Ur39iU5O",
-	"h6fockVkoLehLjiTLGCxmJj9NlOZrPBDgDknINSazeaMDUBM5PmJmspmE1ja2noOMV4LZBPYDP16/u63",
-	"BwLFLMAxsnXypiJeRbF5j6orJmzWqDKBYhNQrw5MWGS/PhAmOS7UeBFbISJVCwhNKFRXJkU8JbdXeaV/",
-	"d23y97bKDzxs+qRTgx82LFZB/zSn/4vN5VO2qvKgB8l+/+rMnnZQzFHDURbCA5Gz5uh1Ofpv6ZzjEPz8",
-	"A6LTsCswqP2UmX7MAYpmtZgVR7LchtHUMN8WM9xVqGEPlLWyjf1BlVpdt8NA5ttiPYjQOQ23I408tghi",
-	"wDRLH75QZinAPBRKLTMagxCowEt9GdAZ4bDC5rjWblTzY97y/3FNTrS7BzikrERv1mZdo16pWf+eNHqr",
-	"lP6etXr7wIEL+wBHBkL4iMIKMY4y0Ufq7N90QYUGKTp9qk8TKp9BOAoJl2tkDqMVyr9MxvrigXGF8b1F",
-	"kjFrEby8Zf+3I5fllzBLUpQCPzbKHrN5wZ4I0zCGcczm4xmJ4TacMWhBNGZB3xIhz22bW+pHq01Be9hx",
-	"uypgO71iSqfyBRxK9pxuHDT/WiZE7ahaoI0kxGC2euvkO9PPz/OzjX1kRRySZyGfKesO75YUDhmaB3ti",
-	"359e31FOuDyFdrN9q8c9Raw/vb51vJoTPsFEzVUfZXAS3+yCV2n/J5vuTcv/g03viP7l+aJ7Tr6qJTl4",
-	"8SebIluZ0YMdfplbYZ5Rw2OBjvSFHbfMuyumdYmQDAO/r5TqDg70GKLUWAA0tAwogxMSQpIyubHB1ZEf",
-	"Kc9sDZmTCfoEyx1pUO10zB2A0lZOtzxB1MLvJpgvRB+sTdN4jRYAirmxyTHhci8fHV28uhxc/H6OBCSY",
-	"ShKImsrttZUOPtfKohvhzmWlNLebzr2/1Mkl18Vd9vRAyZjdZ2LcneTHxdv5xvLwxa0NQSspKk7otBCi",
-	"khO3F6TXeTKi2HEROn6yIbKQ6CgmQo6XLM4SqEtROY92uK9oP/iqeNIC+xVU6SxMWJ9TaiV0rVCimWcf",
-	"VtmsDOFyi+voyfC5yfEWh0q60DnXVb+xFOMbkbE/f1lqR7M23BpAthJnXSRkjhpt+Dn1+P4I3b8zrR+l",
-	"uucUzy4G27J6dGtGV3a2QCJ92EsX9FmtI4weoHU77Fu1KmSfah5aF9JFcBoco3qBg6hfjpmXDn8R0lkp",
-	"3E3bDypI8Wtd6Il0L2nZqBUryj7utKKkzCH7iKWmyjdeI7WE45za9fR/16zBlqiVdQ37JO3AyoZ+XUGH",
-	"ZGKdg3uKEu7HCexiRFHOsBcin+mW37NLboVci7sLWyBXQ5weMJTOxrMZwuj3dxUgZdVovEy20wzdcpRu",
-	"vpZVCpXU767s0YHJy7ZMrm219w8JatfFOZOEpz2P5RIam6DtMTVF0ftXZ/leP5uVpS0zxpGVk16t84bw",
-	"cLzaWWBOxOIDXt251HRDDRHgUJ/nsLDhA6bzekB9O4zAAgny2Hrn2zr6VcRiQCSx1fOPhs/ua2SrhxAi",
-	"rgnUD87geGUkVC/JlGD9fHV1gY40G1Bx0dDDXuW2uBZ7rzP7Ubf8BujVXgZY8qy8jWrg3Ra3HugSy5si",
-	"W/lEDoFkfI2ASk6gD//4izZoeb/aT5ZINedyj85Ry8mgQsR9IFRR6LVt/u2Epvk6/e/IlOkrH/KB+hEN",
-	"1eWDvDpRX0BwK/loZ0nKGqX9wnFgldJ3EqPsLy1CR0+GT/JbUCg8/PZhi60r2ceaQypLvhOu2L0wtdB7",
-	"p3Zx9U8jffOL6u4uw2ZGcCVQ7S891IvrG6+Q6VCD6XQJ6lvoI6wrtyAs7A0OIrjVuTqJNai2RSRNlNVX",
-	"uXxv+796Us78lFj0wIgLzub6im3t+WNG58f2KhZdK952s3cHxffZi/yukwMrzF0+W5/DdyO9Ycfj+HfO",
-	"W7V0B3tjNkfmSpbb8/ht3pdhsj4DYI9FqAiEBoDMJVpooik3OZzr+lT5zijgyjS5D2ydXx+xF1fbw/BH",
-	"FFSwZOo1zQ0S4vb+1tQS7Soz8nfmhcwq7iZrU70+5Z4ri2o3gjTxJM/kvLBnaRRL9CVw9lqPAO6BPVvy",
-	"3bIaMWfchlnr/ofMNi5Itn+o69kT59/carVFbYh7243qg0ho7mncU8horkC5I6Gv36/y7QoaDSW+SVGj",
-	"vaRkl1v+2Ta5O5SNY7KE2i0x3ujj55rjIkugIMQLCwkFWkUqxNUH2jgLFG7hGRVN2FCvNQHJSbATUr+z",
-	"Te5urXYSiJjDeRecJSAjyARSXSILSXqBc3nHdsjDcLO5tmYXzT6YFndHMj0FRZKnw8cdydEgTmrKxMjT",
-	"DJNYOG9M1V+jjC7yu1MxLS9ODSIIm4WtPnR509HHz8oqm3ObxgdkPNZJR/Xc9pX/TbKyRqd4Ui3iKh7m",
-	"aZbKo6oFqDzOUUbxoDLrm883/xsAAP//",
+	"7F1rc9u4ev4rGPbMxJlDW3Ju3SjT6SSxs8lpkvWJvdtuk1SCyFciViTABUDLiutP/daf2V/SwYU3CZRI",
+	"mXYy0+6HjUSBuLw3PO8F8LUXsCRlFKgU3ujaSzHHCUjg+tsJXJIA1KcQRMBJKgmj3sj7++mHX1HIySUg",
+	"EvoIjuZHaKK/H4pAkOHE8z2iGqZYRp7vUZyAN/JC053vcfgzIxxCbyR5Br4ngggSrMb5C4eZN/L+YVBO",
+	"a2B+FQM7m5sb3zu9ShmX707UK46BSLh1kBRLCVy99h+fh4fP8eHs6/Xxs5u/eL4nV6nqQEhO6FwPte8g",
+	"M8YTLL2Rl2W65WbPH8+Lnv/MgK/Krqnw2hLlI05ApNjS5aN+f51dguJUREwi1b2PJl+y4fBx8Cck2X/G",
+	"V4H+Bofm4WVCwtqD33///ffxhw/jk5PDt2/Vh/Nz83sDj/U/LYl/kE/h4aHiw9frY//5jf345GZsPjwq",
+	"PxxuPCk+uHh3o6YhUkYFaGk+42waQ6I+BoxKoFJ9xGkakwArUg1S0+KvfwhFt+uWLMj71SPWKY8pAs4Z",
+	"Rwef3rxGz588/Udkx0AhSExi8VDzzXalRnrJg4hcwicQWawnmHKWApfELGJGYvshly9C5bMn5fIJlTAH",
+	"7t34HoXleLqSrdsL8g1aNb2pMvizea86nG+n+bV4lU3/gECqQV7hYJGlmwsjYQutycXs2qFO1Rnpd3XT",
+	"5im85oCl7guHIVEMw/FZZUozHAvw12Y51a+OJTGz2CYWv1JydaHa3fjeH2w6brtA0UHlfU9IxvFcTybB",
+	"V++BzmXkjR49fep7CaH592PHQObB9qF+zkDIC9XwxveUbbDjkCRLvNHz/D89lnl2vFta7Ixth7a9XyNt",
+	"M9feEEpE1JFrWgfXSPTs6dPHzxxkEVkQgBAVGZsyFgOmmwuxLV2Tfc2ShMgmJW4Q4v010Fpd/bprOuVG",
+	"Xt378OG3l4f/rixo+XF8dPj1eug/e+wyqb53QsTiHZ2xzTWFxRC9rarAC83rImJxlsVxZy2m4ZKEMhrH",
+	"JCFyc8fUZgylwJGAgNHQR0M0YxxlVL8ASmw3VlPowNBlXKdEJjgdJyzUtACqWn72KKPWdupdMxPVhZYk",
+	"tG/ngtNR1UvetMFXWxi2Tc19T7CMB10tqswohXiTBTIClMbZnFDEUqACqQchEYsHAtl3/A0N9b2Mk82+",
+	"6DQcDQYRE3KkcOMANHxEjCM6Df+aUXI1Ggzs038WLFiA/KezlxdvnbBtTQi3ymyd7QWFXKJsIO2mXgUx",
+	"sUhlkz6MxitkGiAchhyEQDiO2RJCHy0joGjKMurcZraoK1ylhIMYY1mTgRBLONTW2Xe+Y2e/OcuPr06Q",
+	"pbiSX3Rw/OgnxDENWYKmRIqHrg7NVtOwO25aGItwnT82SZgCrojNtGC9vbg4O0dZOuc4BCtfSDIkIyLs",
+	"5F2zbCVtp/929sunC3Tw6uXrfzm/+OVs/PHVyfjlyW+nny7enZ8+dArZBphRIxVkrvHIt+5CTgK/lEG7",
+	"8mZx2w8DERqOq2I5w3qXs43rxNAiqiisVgRCEjq3EvtAFDKb4BUKGKVqbi6l7oiJpIzHxm6L2gR/evZk",
+	"OPRL/PJs+OQn/SC3as+Gzj1pg3hvSAynVPLVprrOa4JbMY4xoYuxxHwObinNN4bNN5OuaLMRXmhX7VY7",
+	"dAkb8w1MIX0lc4QrIVwlap2e70WYh/ZjoD7DpTKGMQsW5uOMzJhzp8vcBHQDHut7WgRpTa61tQZfz/X/",
+	"k0ZUafBkE1DDxhkb74tgau+7hv/59SejFx11cM5xAFUh74RGXDJdQv0Kc5WD7vlefBU4efWOBhwSoBLH",
+	"L6lYAm+ChaJ5eRUopDFQEwJqs+26sXhlln/XcZZupG6xgg697QWtXP62a6X70+hvbOqKNSjdgLATEmjr",
+	"5tbNXcUUScxlZwe74ga3iQxYNFZ4opVBG6iz106ZL7IjXL81CTqNt25ZO9Km3HmrW23xyd/pcR6Njcf5",
+	"yO1xVqJ2a8DYEnct1inxNAaU4CAiFA454FA/MGG4wCwutzhTHI4tLlGWh+JMRoyTb7l/NyVhCFQLjBzP",
+	"LJROQEYsHKtHFmurPY7RWUwCs95VzHA4loyNY7Xf665FlirABeE4gZDgsd2yggiChciScUJEgmUQ6aiq",
+	"yGYzEiiQNC75kFF8iUmsVqPoRBJgmbRzI0kaaxOnJ6PsBqdYOUgc0znouQosiZgR/fpXp0MgMYmdKkmo",
+	"kJg2eAuWfuMGwC4klplwAxtJZOzuVOrtraHLAoFcYbVsb+ThKcvkaBpjjTe2y7clvBm7mJ9vxMkl4Gc8",
+	"o/AB88WmCCb2aS5PC4BUu/EJu9TwhDMJgWLK171DmRbp6KEap7cfiAj5aswz6gLxmxhcr61j/5jEerfd",
+	"HhmJWMbbtIuxWeH2VgmjMmrT3RJg0abdCnCL6bkgVVe3Ze+AbHvooLnoEqPzigfdS8i70QmpZSVcYTft",
+	"c5tRkTJ/ECIZYYkoQ4oVBDhiFFCEnVE4RxqE2cHaRhNKtXUEgUtnqT73mM1JgGNUZEBa5FsaQcs+wgCc",
+	"zFZjZc9cAUamLOMMk7jBGOWytDnLSxZTZ1rRsGhg8oSqiUkM7rTA1qLl/dr4RXMyoHDsDCOr/Flb9jbB",
+	"PtO76y4DlhBafXq8iehkbvp3ZhK2ipHLXpwXe+WaFxpIculggJ6zifPJCFCAJY7ZHDFu1AYFLItDRJlE",
+	"U0AKCTmDKxpVtHT+gyiji7bpxBDCLB1zLAlrVBdjCdDAKrr9ejA0q6JMRoTOERH290qwjGbJ1IxTZHfq",
+	"IyyjFTKUU+9rWrnwZW0ibROlVqZat68srm2YhUkcN1jIkWb3jMSAxEpISJBSEJ2gwPaxGvAFgj8zrMOY",
+	"mYBQ/37+2EfLiAQRirBQFjXAKQ6IXLWzWFmqfL9uDqEa24XTtWFvbS3XAytGJXI62VFyYa5yaJ3Da9wo",
+	"ZLour7WluszKBRYOQBhoL7EbfUJloBu2QqW0aMZZojlusgdIMDTDvB3DCt3YGPYunfsFoc3eQG134hml",
+	"6je7QZnpOsM/W/RBE0disUBLEse5pbsTcXZFE/Rq87VZfpaCWRGJVkL1ns035Som1FZJSEh2okrbzXtC",
+	"K7jSw5zj1cYKTM9bJqN72ZiQgD/bGjK4akjLWEC5B9nV6LYDO0DTAj4pKq1PXolKu3KMdd/RvugcjS2A",
+	"9mMR9knANeXLGlF47nnUxaop7GqFx/c4i2sKjMOE0AKwaecXuxBmY4GO7bI2o5rWNBJ7r5DcPrR1ZN2P",
+	"H/20M4xXJ/FajrD4zRgvtR6dBsOBRIS+QJCkcqWgXEKEUBgoAUx1dtfz21kBh2/ZOxurHNzBJy2fOI5/",
+	"mXmjzzvsl1alG39Db3MV28wxTwFzU63BQfpIRGxJTXqc0WC3QTE9b67g643vFU7tJoYx6RckCA1A81G1",
+	"RZAyHcfrWCDym/Zk9ovkdIw0sDgEPpYRpuMQr8TuGMiW/Loz7SAgyDiRq3M1ug0jaA4VVZXaCTGPig4i",
+	"KVNTRUlsiVGd3q9wsBCSpQrPY8QhYRLyQIHJrGqMe8bZVcKu0G+nR+giIkI1V8y5PEafTs8vvtCAUcmV",
+	"omlYPDX56bPfTm29iW9KTbCIpgzzEGEaIpYKZKYijr7QL/T0EvgKBTiO0TSTaDKIAMcy+jbRrScDpT6r",
+	"bxNEAUKBJi9tYFmXmY7QKyOtxnPWsmdrao++0IsIkNInhHXhi4aj1PZDBJqTS6BqzpOrw6mlx6FqP0EH",
+	"E63FE/Q///1faGLoYr+o6UwevvhC9WACsZkZo2jFuG2kjdAUkK1zUs5DaavM0hVGEwhzQJOm4tlJWfD6",
+	"EC2JjBBGNjI/CVgIE5SAct/UekkClWUpNhxMypzDxM8nab4+1ANrPbPq9wJJ3YUAiaarL1QjZeCXwHVT",
+	"NY/Hjx8/R0Zg1RqK8G8pUiaSIIycHR8Nj4ZaT1KgOCXeyHt8NDx6bBPOWpwHOgtrcvkFm96F3sj7GeRJ",
+	"LjveWgnyo+FwrfxYoZdBJJO4Xm/sqGWu60Ipnimeg3G3bQjXbQiKeVTqlX1PZEmC+cobeUruljAt5f5I",
+	"kQnPhbKPxQo1VFyTPG9kdgvV3wCnZGDJdrTCZllNZPolBfry7N1uIlXFLO+0A62URNixUMiCLFHd9kEx",
+	"Ior+9qfW5fHACLiJ/DDhIJbZQl+Vm7PeJF6xcLWFUt2q2GtF0Tf1DVLyDG42uHTc89gu1gkQSil1CSCE",
+	"PTBNyQHCRXjZdq+2DUYBzRVZ0YE1OIQS+bDKWIuOnEyd5mvYYOvgmoQ3A1sKonmcOVh8lklDBnsAQBub",
+	"8jBOA2QqmwzenXg3X9vKxtWhxLzOoAKuTAnF+jSK80DFfclE/RyE62yFaWAjgz1ZQDV1TChwBSjUlgE4",
+	"8e2/EKIDHSxS2yLHVMyA9yYegS4Y32IB9O+FBdhTNFpb2W68qlW7O1hlFid74dIHvDBYuzjVdEkEmcbQ",
+	"HyfojMx36+lr0653NdWIII0xoTu3uV3a+KQp7tqTthhzaQiWGRr5OqR7CFc4kH1xJCRisWVzPFdgsTgJ",
+	"cKdms5taFHNqxaxHvY2bB74cmphmcYw0uu5FCDTpkeqU0LneQRWvEFPg++Ork14FYHBtCthuBmVBt0WW",
+	"9TWaLX4mgZuVqqlVDg9oEmifZGIC6iN0bXocIc2ZyRF6qd7+QifHw2N0viQy0GmoM84kC1gsJibfZiqW",
+	"FX4IMOcEhFqzSc5YB8R4nl+oqXg2jqU91MAhxiuBbACbob+ffvj1gUAxC3Ccl8ubowjKi817VF0xYaNG",
+	"lQkUSUC9OjBukf36QJjguFDjRWyJiFQtIDSuUF2ZFPGU3F7kRyy6a5O/s1V+0mR9Tzo2+GHNYhX0T3P6",
+	"v1hfPmXLKg96kOyPr05qxwAAURbCg/wwADp4XY7+qzk24OcfEJ2GXYFB7Sd7DsGcJWhWi1lxFs5tGE1t",
+	"820xw125GvYkXyvb2B9UqdV7OwxknhbrQYROabjpaeS+RRADpln68IUySwHmoVBqmdEYhEAFXurLgM4I",
+	"hyU25+S2o5o3ecv/xzU50e4e4JCyQr1Zm3XteqWW/UfS6I0S+3vW6s2DCC7sAxwZCOEjCkvEOMpEH6Gz",
+	"f9UFFRqk6PCpPsap9gzCUUi4XCFzCrBQ/stkrG98GFcY35snGbMWzst79n/bc7n8FmZJilLgh0bZYzYv",
+	"2BNhGsYwjtl8PCMx3IYzBi2IRqz6Ucf1dSzevD1CmFqM8UCY85I62xHgFE9JTORK4RFdF4K1yLlA3Hsi",
+	"5Kkd+ZZa1yrVaM+ubtYabAZtTEFWTpbbM/N9pbv8MOeO5GqVnRy0WHXlp9Y0w80YTA66zoET/fw0P67Z",
+	"TdGK220cQRuHYlhEaqrO+1CQT7qnUhBfVKC2QDjWyS0dkkUGLvVF0V2e3RvGdYJIQXGhfTiWSYQRZ5mE",
+	"HKcr5K66HFkfsO7EfaGtvDh/04vTHeeJJRqaRJM9fE1hziTBeS2S5ch0hYg0StzkahlW7+lsNcvJD+RI",
+	"XZT00GEBXd1tjltXxu3kTrURsZb+1DzYEVf6+fUd5VvKk583m1cV3VM06OfXt44F5TxJMFFz1ceEnHwx",
+	"FSZV2v/BpjtTXn9j0zuif3mm754TG2pJDl78wabIVj31oHUvc4TDM2p4LNCBvoXoljktxbQu0QfDwB8r",
+	"XbGFAz26/zUWAA0tA0rHn4SQpEyuJY878iPlma3PdDJBnw67Iw2qnTy7A4evFfQsT+e1QJ8J5os+QOfL",
+	"NI1XaAGgmBub+C0uYSc6OHt1PlBARUCCqSSBqKncTlvp4HPtyIGzoEKB/vNK2Xs3nft4rgO3rtsI7cmc",
+	"kjHbz5u5O8mvaGi3N5YHm25tCFpJUXH6rYUQlZy4vSC9zgN9RTZT6NiEDT8JiQ5iIuT4ksVZAnUpKufR",
+	"rsikaD+4Vjxp4b6cl1fKdBQmrM8AthK6Vi6OmWcfVtmsDOEyfXzwZPjc5E+KA1td6Jzrqt9Y5vSdyNjf",
+	"fllqR7M23BpAthJnXYBnjvGt7XPq8f0Ruv/NtH5M8Z7Dp9sYbI+soFszupI1Bon0QUpdLGu1jjC6h9Zt",
+	"sW/ViqtdqrlvzVUXwWnYGNULHET9xt+8LP+bkM4q/G7avlexl1/rQk+ke7nYWh1mUVJ1p9VaZX7GRyw1",
+	"FfTxCqklHObUrqfWusasNkStrBnaJWl7Vg31uxV0CNTXObij4Od+NoFtjChKhXZC5BPd8kfeklsh1+JC",
+	"1hbI1RCnBwylM11shjD67UMFSFk1Gl8mm2GGrSrWkq9lBVAlrbIterRn/L0tk2tlLP1DgtoVjc4g4XHP",
+	"Y7mExsZuewxN0eqNoGxWlo3NGEdWTnq1zmvCw/Fy6+ENIhaf8PLOpaYbaogAh/qslIUNnzCd1x3q22EE",
+	"FkiQh3Z3vu1Gv4xYDIgk9mTKo+Gz+xrZ6iGESN981RPO4HhpJFQvyeQx3l5cnKEDzQZUXO71sFe5Le76",
+	"37mZvdEtvwN6tRdwljwrb4AbeLfFrXtuieXtrK32RA6BZHyFgEpOoI/98Rdt0PJ+9T5ZItWcyz1ujlpO",
+	"BhUi7gKhikKvbfPvJzTNfyPkBzJl+jqVfKB+REN1+SCv/NWXe9xKPtpZkrL+b7dw7FkB+IP4KLvL9tDB",
+	"k+GT/IYhCg+/v9tia7Z2sWafqq0fhCs2F6YWeu/ULq7VaqRvfgnk3UXYzAiuAKr9pYezGPo2OWQ61GA6",
+	"vQT1LfQR1lWREBb2BgcR3OrMqsQaVNs6qCbK6muSfrT8r56UMz4lFj0w4oyzub7WXu/8MaPzQ3vNkT6H",
+	"0TbZu4Xiu+xFfo/Qnqc3XHu2vuPCjfSGHa+6uHPeqqU72BuzOTLXHfVQdpj3ZZisz9fYI0fKA6EBIHNB",
+	"HZpoyk3257q+sWGrF3BhmtwHts6vZtmJq+1FEwcUTNEXkPx2FnH7/dbUEm0rM/K3xoXMKu4malO9muie",
+	"K4tqt+008SSP5LywFY6KJfqCRXtlTgD3wJ4N+W5ZUJszbs2s3e5PQOLDb/avDz574vxDgq1S1Ia4t01U",
+	"70VCcwfqjkJGc73QHQl9/e6i71fQaCjxXYoa7QVA27blt7bJ3aFsHJNLqN3A5I0+f12vl6cgxAsLCQVa",
+	"RsrF1YdFOQsUbuEZFU3YUK81AclJsBVSf7BN7m6tdhKImIOvZ5wlICPIBFJdIgtJeoFzecd2yP1ws7kS",
+	"ahvNPpkWd0cyPQVFkqfDxx3J0SBOasrEyNMMk1g4byPWX6OMLvJ7iTEtLyUOIgibha0+dHmL2Oevyiqb",
+	"anyzB2Q81kFH9dz2lf+hxbJGp3hSLeIqHuZhlsqjqgWoPM5RRvGgMuubrzf/GwAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -82,12 +82,18 @@ type ServiceConfig struct {
 	// StaleAfter fails running tasks whose progress has not been written
 	// for that long: their server is gone. 0 disables the check.
 	StaleAfter time.Duration
+	// CacheBytes bounds the decoded chunks kept for restores, shared by
+	// every export and download; ReadAhead is how many chunks a read
+	// fetches ahead, Prefetchers how many such fetches run at once.
+	CacheBytes  int64
+	ReadAhead   int
+	Prefetchers int
 }
 
 // DefaultServiceConfig returns the defaults.
 func DefaultServiceConfig() ServiceConfig {
 	return ServiceConfig{Pull: DefaultPullConfig(), TunnelTimeout: 2 * time.Minute, ProgressInterval: time.Second,
-		StaleAfter: 5 * time.Minute}
+		StaleAfter: 5 * time.Minute, CacheBytes: 256 << 20, ReadAhead: 8, Prefetchers: 8}
 }
 
 // Service orchestrates backups: disk pulls and commits. Pulls outlive the
@@ -100,6 +106,7 @@ type Service struct {
 	chunks  ChunkStore
 	objects ObjectStore
 	sources SourceOpener
+	cache   *ChunkCache
 	now     func() time.Time
 
 	ctx    context.Context // lifetime of background pulls
@@ -108,6 +115,8 @@ type Service struct {
 
 	mu    sync.Mutex
 	pulls map[pullKey]*runningPull // guarded by mu
+
+	exports *exportRegistry
 }
 
 type pullKey struct{ session, device string }
@@ -126,7 +135,8 @@ func NewService(log *slog.Logger, cfg ServiceConfig, catalog ServiceCatalog, chu
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
 		log: log, cfg: cfg, catalog: catalog, chunks: chunks, objects: objects, sources: sources,
-		now: time.Now, ctx: ctx, cancel: cancel, pulls: map[pullKey]*runningPull{},
+		cache: NewChunkCache(chunks, cfg.CacheBytes, cfg.Prefetchers), now: time.Now, ctx: ctx, cancel: cancel, pulls: map[pullKey]*runningPull{},
+		exports: newExportRegistry(),
 	}
 	if cfg.StaleAfter > 0 {
 		s.wg.Add(1)
@@ -145,6 +155,7 @@ func (s *Service) reapStaleTasks(ctx context.Context) {
 	t := time.NewTicker(s.cfg.StaleAfter / 5)
 	defer t.Stop()
 	for {
+		s.expireExports()
 		n, err := s.catalog.FailStaleTasks(ctx, s.cfg.StaleAfter)
 		switch {
 		case err != nil && ctx.Err() == nil:

@@ -31,6 +31,9 @@ func specOps(t *testing.T) []string {
 // TestContract_RoutesMatchSpec fails when a route of api/openapi.yaml is not
 // served, or a served route is not in it.
 func TestContract_RoutesMatchSpec(t *testing.T) {
+	if err := loadSpec(t).Validate(context.Background()); err != nil {
+		t.Fatalf("api/openapi.yaml is not a valid OpenAPI document: %v", err)
+	}
 	h, err := handlers.New(slog.New(slog.DiscardHandler), handlers.Config{}, handlers.Deps{})
 	if err != nil {
 		t.Fatal(err)

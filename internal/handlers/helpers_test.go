@@ -30,22 +30,26 @@ import (
 const adminToken = "test-admin-token-0123456789"
 
 type testServer struct {
-	t       *testing.T
-	url     string
-	handler http.Handler
-	catalog *catalog.Store
-	store   *chunkstore.Store
-	backups *backup.Service
-	status  *handlers.StatusCache
-	router  routers.Router
+	t        *testing.T
+	url      string
+	handler  http.Handler
+	catalog  *catalog.Store
+	store    *chunkstore.Store
+	storeDir string // the file:// store's directory ("" for S3)
+	backups  *backup.Service
+	status   *handlers.StatusCache
+	router   routers.Router
 }
 
 // newTestServer serves the API over a real catalog and a file:// store.
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
 	scfg := chunkstore.DefaultConfig()
-	scfg.URL = "file://" + t.TempDir()
-	return newTestServerWith(t, scfg)
+	dir := t.TempDir()
+	scfg.URL = "file://" + dir
+	s := newTestServerWith(t, scfg)
+	s.storeDir = dir
+	return s
 }
 
 // newS3TestServer serves the API over a real catalog and a fresh bucket of

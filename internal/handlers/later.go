@@ -18,22 +18,6 @@ func (h *handler) PutBackupArchive(context.Context, api.PutBackupArchiveRequestO
 	return nil, notYet("container archive upload")
 }
 
-func (h *handler) CreateExport(context.Context, api.CreateExportRequestObject) (api.CreateExportResponseObject, error) {
-	return nil, notYet("NBD restore exports")
-}
-
-func (h *handler) ListExports(context.Context, api.ListExportsRequestObject) (api.ListExportsResponseObject, error) {
-	return nil, notYet("NBD restore exports")
-}
-
-func (h *handler) DeleteExport(context.Context, api.DeleteExportRequestObject) (api.DeleteExportResponseObject, error) {
-	return nil, notYet("NBD restore exports")
-}
-
-func (h *handler) GetDiskRaw(context.Context, api.GetDiskRawRequestObject) (api.GetDiskRawResponseObject, error) {
-	return nil, notYet("raw disk download")
-}
-
 func (h *handler) GetSnapshotArchive(context.Context, api.GetSnapshotArchiveRequestObject) (api.GetSnapshotArchiveResponseObject, error) {
 	return nil, notYet("container archive download")
 }

@@ -29,6 +29,7 @@ const (
 	codeUnavailable     = "unavailable"
 	codeTimeout         = "timeout"
 	codeNotImplemented  = "not_implemented"
+	codeRange           = "range_not_satisfiable"
 	codeInternal        = "internal"
 	problemContentType  = "application/problem+json"
 	retryAfterSeconds   = 5
@@ -80,10 +81,12 @@ func (h *handler) writeProblem(w http.ResponseWriter, r *http.Request, err error
 		h.log.ErrorContext(r.Context(), "request failed", "status", status, "err", err,
 			"method", r.Method, "path", r.URL.Path, "request_id", middleware.GetReqID(r.Context()))
 	}
-	writeProblemStatus(w, r, status, code, detail)
+	writeProblemStatus(w, r.Context(), status, code, detail)
 }
 
-func writeProblemStatus(w http.ResponseWriter, r *http.Request, status int, code, detail string) {
+// writeProblemStatus writes a problem; ctx carries the request id and the
+// request info (for the instance member).
+func writeProblemStatus(w http.ResponseWriter, ctx context.Context, status int, code, detail string) {
 	p := api.Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(status),
@@ -93,11 +96,10 @@ func writeProblemStatus(w http.ResponseWriter, r *http.Request, status int, code
 	if detail != "" {
 		p.Detail = &detail
 	}
-	if id := middleware.GetReqID(r.Context()); id != "" {
+	if id := middleware.GetReqID(ctx); id != "" {
 		p.RequestId = &id
 	}
-	if r.URL != nil {
-		inst := r.URL.Path
+	if inst := requestInfoFrom(ctx).path; inst != "" {
 		p.Instance = &inst
 	}
 	if status == http.StatusServiceUnavailable {

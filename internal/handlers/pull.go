@@ -64,22 +64,32 @@ type tunnelResponse struct {
 const upgradeTimeout = 10 * time.Second
 
 func (t tunnelResponse) VisitOpenDiskTunnelResponse(w http.ResponseWriter) error {
-	// The request is not at hand here; the guard checked its Upgrade
-	// headers (x-backstop-upgrade in the contract) before the operation ran.
+	conn, err := upgrade(w)
+	if err != nil || conn == nil {
+		return err
+	}
+	if err := t.h.backups.AttachTunnel(t.session, t.device, conn); err != nil {
+		t.h.log.Warn("tunnel attach failed after upgrade", "snapshot_id", t.session, "disk", t.device, "err", err)
+	}
+	return nil
+}
+
+// upgrade takes the connection over and answers 101 for the nbd protocol.
+// The guard checked the Upgrade headers (x-backstop-upgrade in the
+// contract) before the operation ran. A nil conn and nil error mean the
+// client went away.
+func upgrade(w http.ResponseWriter) (net.Conn, error) {
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(upgradeTimeout))
 	if _, err := conn.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: nbd\r\n\r\n")); err != nil {
 		conn.Close()
-		return nil // the client is gone; nothing to answer
+		return nil, nil
 	}
 	_ = conn.SetDeadline(time.Time{})
-	if err := t.h.backups.AttachTunnel(t.session, t.device, bufferedConn{Conn: conn, r: rw.Reader}); err != nil {
-		t.h.log.Warn("tunnel attach failed after upgrade", "snapshot_id", t.session, "disk", t.device, "err", err)
-	}
-	return nil
+	return bufferedConn{Conn: conn, r: rw.Reader}, nil
 }
 
 // bufferedConn reads first what the HTTP server had already buffered.

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"time"
@@ -30,6 +31,10 @@ type Config struct {
 	AdminToken string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// NBDAdvertise is the host:port written into export URIs; when empty,
+	// the host the client used for the API and NBDPort.
+	NBDAdvertise string
+	NBDPort      int
 }
 
 // Deps are the services the handlers call.
@@ -39,6 +44,10 @@ type Deps struct {
 	Status  *StatusCache
 	// Ready checks each backend for /readyz; nil entries are skipped.
 	Ready []func(context.Context) error
+	// NBD serves restore exports over upgraded HTTP connections.
+	NBD interface {
+		ServeConn(ctx context.Context, c net.Conn)
+	}
 }
 
 // handler serves the contract (it implements api.StrictServerInterface).
@@ -48,10 +57,13 @@ type handler struct {
 	catalog backup.Catalog
 	backups *backup.Service
 	status  *StatusCache
-	ready   []func(context.Context) error
-	auth    *authenticator
-	ops     map[string]*operation
-	api     *chi.Mux // the generated routes, used to look up patterns
+	nbd     interface {
+		ServeConn(context.Context, net.Conn)
+	}
+	ready []func(context.Context) error
+	auth  *authenticator
+	ops   map[string]*operation
+	api   *chi.Mux // the generated routes, used to look up patterns
 }
 
 var _ api.StrictServerInterface = (*handler)(nil)
@@ -72,6 +84,7 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 		backups: deps.Backups,
 		status:  deps.Status,
 		ready:   deps.Ready,
+		nbd:     deps.NBD,
 		auth:    newAuthenticator(deps.Catalog, cfg.AdminToken, cfg.Now),
 		ops:     ops,
 		api:     chi.NewRouter(),
@@ -89,10 +102,10 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 		},
 	})
 	h.api.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeProblemStatus(w, r, http.StatusNotFound, codeNotFound, "no such route")
+		writeProblemStatus(w, r.Context(), http.StatusNotFound, codeNotFound, "no such route")
 	})
 	h.api.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeProblemStatus(w, r, http.StatusMethodNotAllowed, codeMethod, "method not allowed on this route")
+		writeProblemStatus(w, r.Context(), http.StatusMethodNotAllowed, codeMethod, "method not allowed on this route")
 	})
 
 	root := chi.NewRouter()
@@ -168,7 +181,7 @@ func (h *handler) guard(next http.Handler) http.Handler {
 			r.Body = http.MaxBytesReader(w, r.Body, maxTextBody)
 		}
 		if err := op.checkContentType(r); err != nil {
-			writeProblemStatus(w, r, http.StatusUnsupportedMediaType, codeMediaType, err.Error())
+			writeProblemStatus(w, r.Context(), http.StatusUnsupportedMediaType, codeMediaType, err.Error())
 			return
 		}
 		params := make(map[string]string, len(rctx.URLParams.Keys))
@@ -196,10 +209,24 @@ func (h *handler) recoverer(next http.Handler) http.Handler {
 			}
 			h.log.ErrorContext(r.Context(), "panic in handler", "panic", fmt.Sprint(v),
 				"stack", string(debug.Stack()), "request_id", middleware.GetReqID(r.Context()))
-			writeProblemStatus(w, r, http.StatusInternalServerError, codeInternal, internalErrorDetail)
+			writeProblemStatus(w, r.Context(), http.StatusInternalServerError, codeInternal, internalErrorDetail)
 		}()
 		next.ServeHTTP(w, r)
 	})
+}
+
+type requestInfoKey struct{}
+
+// requestInfo is what handlers need of the HTTP request itself.
+type requestInfo struct {
+	remote string // client address, host:port
+	host   string // Host header
+	path   string // URL path
+}
+
+func requestInfoFrom(ctx context.Context) requestInfo {
+	ri, _ := ctx.Value(requestInfoKey{}).(requestInfo)
+	return ri
 }
 
 type logAttrsKey struct{}
@@ -216,7 +243,9 @@ func (h *handler) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		var attrs []slog.Attr
-		r = r.WithContext(context.WithValue(r.Context(), logAttrsKey{}, &attrs))
+		ctx := context.WithValue(r.Context(), logAttrsKey{}, &attrs)
+		ctx = context.WithValue(ctx, requestInfoKey{}, requestInfo{remote: r.RemoteAddr, host: r.Host, path: r.URL.Path})
+		r = r.WithContext(ctx)
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
 		attrs = append(attrs,
