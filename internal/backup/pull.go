@@ -48,6 +48,8 @@ var ErrDiscardUnsupported = errors.New("backup: source does not support discard"
 type ObjectStore interface {
 	PutObject(ctx context.Context, key string, data []byte) error
 	GetObject(ctx context.Context, key string) ([]byte, error)
+	// DeleteObject removes an object; a missing one is ErrNotFound or nil.
+	DeleteObject(ctx context.Context, key string) error
 }
 
 // PullConfig tunes the disk pull pipeline. Its memory bound is

@@ -554,3 +554,111 @@ func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error
 	}
 	return s.catalog.CommitSnapshot(ctx, session.ID, size, newBytes, refs)
 }
+
+// Discard removes an open session: its running pulls are stopped, its
+// catalog rows go, and so do the index objects it stored. Chunks it
+// uploaded stay until GC finds them unreferenced.
+func (s *Service) Discard(ctx context.Context, session Snapshot) error {
+	s.CancelPulls(session.ID)
+	keys, err := s.indexKeys(ctx, session.ID)
+	if err != nil {
+		return err
+	}
+	if err := s.catalog.DiscardSnapshot(ctx, session.ID); err != nil {
+		return err
+	}
+	s.deleteObjects(ctx, keys)
+	return nil
+}
+
+// Delete removes a committed snapshot (ErrConflict when protected): the
+// catalog drops its chunk references in the same transaction, then its
+// index objects are deleted.
+func (s *Service) Delete(ctx context.Context, snap Snapshot) error {
+	keys, err := s.indexKeys(ctx, snap.ID)
+	if err != nil {
+		return err
+	}
+	if err := s.catalog.DeleteSnapshot(ctx, snap.Namespace, snap.Name); err != nil {
+		return err
+	}
+	s.deleteObjects(ctx, keys)
+	return nil
+}
+
+func (s *Service) indexKeys(ctx context.Context, id string) ([]string, error) {
+	disks, err := s.catalog.ListDisks(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	archives, err := s.catalog.ListArchives(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, d := range disks {
+		keys = append(keys, d.IndexKey)
+	}
+	for _, a := range archives {
+		keys = append(keys, a.IndexKey)
+	}
+	return keys, nil
+}
+
+// deleteObjects removes index objects, best effort: the catalog no longer
+// points at them, so a failure leaves only an orphan to log.
+func (s *Service) deleteObjects(ctx context.Context, keys []string) {
+	for _, k := range keys {
+		if err := s.objects.DeleteObject(ctx, k); err != nil && !errors.Is(err, ErrNotFound) {
+			s.log.WarnContext(ctx, "delete index object", "key", k, "err", err)
+		}
+	}
+}
+
+// PruneResult is one snapshot's mark.
+type PruneResult struct {
+	Snapshot Snapshot
+	Mark     PruneMark
+}
+
+// Prune applies keep options to every group (vmid, type) of a namespace,
+// optionally narrowed to one vmid and type, and unless dryRun deletes what
+// it marks remove. Periods are computed in loc.
+func (s *Service) Prune(ctx context.Context, ns string, vmid int, typ GuestType, keep KeepOptions, dryRun bool, loc *time.Location) ([]PruneResult, error) {
+	list, err := s.catalog.ListSnapshots(ctx, ns, vmid, typ)
+	if err != nil {
+		return nil, err
+	}
+	groups := map[string][]Snapshot{}
+	var order []string
+	for _, sn := range list {
+		g := fmt.Sprintf("%s/%d", sn.Type, sn.VMID)
+		if _, ok := groups[g]; !ok {
+			order = append(order, g)
+		}
+		groups[g] = append(groups[g], sn)
+	}
+	var out []PruneResult
+	for _, g := range order {
+		marks := PruneMarks(groups[g], keep, loc)
+		for _, sn := range groups[g] { // newest first, as listed
+			out = append(out, PruneResult{Snapshot: sn, Mark: marks[sn.Name]})
+		}
+	}
+	if dryRun {
+		return out, nil
+	}
+	for _, r := range out {
+		if r.Mark != MarkRemove {
+			continue
+		}
+		err := s.Delete(ctx, r.Snapshot)
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
+			continue // protected or deleted meanwhile: nothing lost
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}

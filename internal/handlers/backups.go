@@ -159,8 +159,7 @@ func (h *handler) FinishBackup(ctx context.Context, req api.FinishBackupRequestO
 	if s.State == backup.SnapshotCommitted {
 		return api.FinishBackup200JSONResponse{ArchiveSize: s.Size}, nil
 	}
-	h.backups.CancelPulls(s.ID)
-	if err := h.catalog.DiscardSnapshot(ctx, s.ID); err != nil {
+	if err := h.backups.Discard(ctx, s); err != nil {
 		return nil, err
 	}
 	if req.Body.Success {

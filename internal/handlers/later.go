@@ -30,10 +30,6 @@ func (h *handler) GetSnapshotFileContent(context.Context, api.GetSnapshotFileCon
 	return nil, notYet("single-file restore")
 }
 
-func (h *handler) Prune(context.Context, api.PruneRequestObject) (api.PruneResponseObject, error) {
-	return nil, notYet("prune")
-}
-
 func (h *handler) StartGC(context.Context, api.StartGCRequestObject) (api.StartGCResponseObject, error) {
 	return nil, notYet("garbage collection")
 }

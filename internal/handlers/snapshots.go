@@ -66,7 +66,11 @@ func (h *handler) DeleteSnapshot(ctx context.Context, req api.DeleteSnapshotRequ
 	if err := requireNamespace(ctx, ns); err != nil {
 		return nil, err
 	}
-	if err := h.catalog.DeleteSnapshot(ctx, ns, req.Name); err != nil {
+	snap, err := h.catalog.SnapshotByName(ctx, ns, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.backups.Delete(ctx, snap); err != nil {
 		return nil, err
 	}
 	return api.DeleteSnapshot204Response{}, nil
