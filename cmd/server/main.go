@@ -96,11 +96,31 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	backups := backup.NewService(log, backup.DefaultServiceConfig(), cat, store, store, nbd.Opener{})
 	defer backups.Close() // after the HTTP server: cancels and waits for running pulls
 
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	nbdServer := nbd.NewServer(nbd.NewBackupExports(backups), nbd.ServerOptions{TLSConfig: tlsConfig, Logger: log})
+	nbdLn, err := net.Listen("tcp", cfg.NBDListen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.NBDListen, err)
+	}
+	defer nbdLn.Close()
+
 	status := handlers.NewStatusCache(log, cat.Stats, storeCapacity(cfg.Store), statusInterval)
-	h, err := handlers.New(log, handlers.Config{AdminToken: string(cfg.AdminToken)}, handlers.Deps{
+	h, err := handlers.New(log, handlers.Config{
+		AdminToken:   string(cfg.AdminToken),
+		NBDAdvertise: cfg.NBDAdvertise,
+		NBDPort:      nbdLn.Addr().(*net.TCPAddr).Port,
+	}, handlers.Deps{
 		Catalog: cat,
 		Backups: backups,
 		Status:  status,
+		NBD:     nbdServer,
 		Ready:   []func(context.Context) error{cat.Ping, store.Ping},
 	})
 	if err != nil {
@@ -118,16 +138,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("load TLS certificate: %w", err)
-		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		ln = tls.NewListener(ln, srv.TLSConfig)
+	if tlsConfig != nil {
+		// HTTP/1.1 only (no h2 in NextProtos): the NBD tunnels hijack.
+		srv.TLSConfig = tlsConfig
+		ln = tls.NewListener(ln, tlsConfig)
 	}
-	log.InfoContext(ctx, "backstop listening", "http", ln.Addr().String(), "tls", cfg.TLSCert != "", "store", cfg.Store)
+	log.InfoContext(ctx, "backstop listening", "http", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
+		"tls", tlsConfig != nil, "store", cfg.Store)
 	if cfg.AdminToken == "" {
 		log.WarnContext(ctx, "no BACKSTOP_ADMIN_TOKEN set: only tokens in the catalog can call the API (create one with `server token create`)")
 	}
@@ -142,13 +159,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		}
 		return nil
 	})
+	g.Go(func() error { return nbdServer.Serve(gctx, nbdLn) })
 	g.Go(func() error { status.Run(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
 		defer cancel()
 		log.InfoContext(sctx, "shutting down")
-		return srv.Shutdown(sctx)
+		return errors.Join(srv.Shutdown(sctx), nbdServer.Shutdown(sctx))
 	})
 	return g.Wait()
 }

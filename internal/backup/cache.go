@@ -16,8 +16,8 @@ type ChunkCache struct {
 	prefetch chan struct{} // one token per prefetch in flight
 
 	mu       sync.Mutex
-	bytes    int64                    // guarded by mu
-	lru      *list.List               // guarded by mu; front = most recent; values *cacheEntry
+	bytes    int64                   // guarded by mu
+	lru      *list.List              // guarded by mu; front = most recent; values *cacheEntry
 	entries  map[ChunkID]*cacheEntry // guarded by mu
 	inflight map[ChunkID]*cacheFetch // guarded by mu
 }

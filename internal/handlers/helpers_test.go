@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -78,10 +79,18 @@ func newTestServerWith(t *testing.T, scfg chunkstore.Config) *testServer {
 	}
 	svc := backup.NewService(log, backup.DefaultServiceConfig(), cat, store, store, nbd.Opener{})
 	t.Cleanup(svc.Close)
+	nbdServer := nbd.NewServer(nbd.NewBackupExports(svc), nbd.ServerOptions{Logger: log})
+	nbdLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nctx, stopNBD := context.WithCancel(context.Background())
+	nbdDone := make(chan error, 1)
+	go func() { nbdDone <- nbdServer.Serve(nctx, nbdLn) }()
+	t.Cleanup(func() { stopNBD(); <-nbdDone })
 	status := handlers.NewStatusCache(log, cat.Stats, nil, time.Second)
-	h, err := handlers.New(log, handlers.Config{AdminToken: adminToken}, handlers.Deps{
-		Catalog: cat, Backups: svc, Status: status, Ready: []func(context.Context) error{cat.Ping},
-	})
+	h, err := handlers.New(log, handlers.Config{AdminToken: adminToken, NBDPort: nbdLn.Addr().(*net.TCPAddr).Port},
+		handlers.Deps{Catalog: cat, Backups: svc, Status: status, NBD: nbdServer, Ready: []func(context.Context) error{cat.Ping}})
 	if err != nil {
 		t.Fatalf("handlers.New: %v", err)
 	}
