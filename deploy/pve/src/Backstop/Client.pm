@@ -309,7 +309,10 @@ sub request {
 
 sub _send_chunks {
     my ($self, $sock, $cb) = @_;
+    my $sel = IO::Select->new($sock);
     while (1) {
+        # An answer before the end of the upload is a refusal: stop sending.
+        return if (ref($sock) =~ /SSL/ && $sock->pending) || $sel->can_read(0);
         my $data = $cb->();
         if (!defined($data)) {
             # The producer failed: end the connection without the last chunk,

@@ -224,6 +224,29 @@ sub qmrestore {
 my %TAR_COMP = ('.tar' => [], '.tar.gz' => ['-z'], '.tar.bz2' => ['-j'], '.tar.xz' => ['-J'],
     '.tar.lzo' => ['--lzop'], '.tar.zst' => ['--zstd']);
 
+# pct_extract($file, $rootdir, $idmap): what pve-container does with a
+# tar-path: compression from the file name, the untrusted listing check,
+# then tar with PVE's flags inside the container's user namespace.
+sub pct_extract {
+    my ($file, $rootdir, $idmap) = @_;
+    die "'$file' is not a regular file\n" if !-f $file;
+    my ($ext) = grep { $file =~ /\Q$_\E$/ } sort { length($b) <=> length($a) } keys %TAR_COMP;
+    die "'$file' does not look like a template archive\n" if !defined($ext);
+    my @comp = @{ $TAR_COMP{$ext} };
+    my $list = BackstopTest::run_out('tar', '-tvf', $file, @comp, '--numeric-owner');
+    my @members = split(/\n/, $list);
+    die "archive has fewer than 10 members\n" if @members < 10;
+    die "archive has no sbin\n" if !grep { m{ \./sbin/?$|\ sbin/?$} } @members;
+    die "multi-volume archive\n" if grep { /^M/ } @members;
+    my @cmd = ('tar', 'xpf', '-', @comp, '--totals', @PVE::Storage::Plugin::COMMON_TAR_FLAGS,
+        '-C', $rootdir, '--skip-old-files', '--anchored', '--exclude', './dev/*');
+    my $err = BackstopTest::run_in_userns(sub {
+        open(STDIN, '<', $file) or die "$file: $!\n";
+        BackstopTest::run_out(@cmd);
+    }, $idmap);
+    die "extract failed: $err" if defined($err);
+}
+
 # pct_restore(%o): 7.4 into $o{rootdir} (owned by the container's root),
 # extracted in a user namespace with $o{idmap} as lxc-usernsexec does.
 sub pct_restore {
@@ -244,21 +267,7 @@ sub pct_restore {
         my $file = $info->{'tar-path'};
         $r->{tar_path} = $file;
         die "'$file' is not a regular file\n" if !-f $file;
-        my ($ext) = grep { $file =~ /\Q$_\E$/ } sort { length($b) <=> length($a) } keys %TAR_COMP;
-        die "'$file' does not look like a template archive\n" if !defined($ext);
-        my @comp = @{ $TAR_COMP{$ext} };
-        my $list = BackstopTest::run_out('tar', '-tvf', $file, @comp, '--numeric-owner');
-        my @members = split(/\n/, $list);
-        die "archive has fewer than 10 members\n" if @members < 10;
-        die "archive has no sbin\n" if !grep { m{ \./sbin/?$|\ sbin/?$} } @members;
-        die "multi-volume archive\n" if grep { /^M/ } @members;
-        my @cmd = ('tar', 'xpf', '-', @comp, '--totals', @PVE::Storage::Plugin::COMMON_TAR_FLAGS,
-            '-C', $o{rootdir}, '--skip-old-files', '--anchored', '--exclude', './dev/*');
-        my $err = BackstopTest::run_in_userns(sub {
-            open(STDIN, '<', $file) or die "$file: $!\n";
-            BackstopTest::run_out(@cmd);
-        }, $o{idmap});
-        die "extract failed: $err" if defined($err);
+        pct_extract($file, $o{rootdir}, $o{idmap});
     };
     my $err = $@;
     eval { $p->restore_container_cleanup($volname, $storeid, {}) };

@@ -419,11 +419,13 @@ sub _tar_flags {
 
 # tar_command($info, $exclude_patterns): the archive command, as vzdump
 # builds its own (pve-container VZDump/LXC.pm), in POSIX format without
-# atime and ctime, so an unchanged file gets the same header every run.
+# atime and ctime, so an unchanged file gets the same header every run (and
+# the server's chunks dedup). Sparse files use PAX sparse format 0.0: the
+# newer ones name the member GNUSparseFile.<tar's pid>, different each run.
 sub tar_command {
     my ($info, $exclude_patterns) = @_;
-    my @cmd = ($TAR, 'cpf', '-', '--totals', _tar_flags(),
-        '--format=posix', '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime',
+    my @cmd = ($TAR, 'cpf', '-', '--totals', _tar_flags(), '--format=posix', '--sparse-version=0.0',
+        '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime',
         "--directory=$info->{directory}");
     my (@anchored, @floating);
     for my $p (@{ $exclude_patterns // [] }) {
@@ -509,7 +511,7 @@ sub backup_container {
             last if !$n;
             $stderr .= $buf;
         }
-        $stderr .= "\n" if $stderr ne '';
+        $stderr .= "\n" if $stderr ne '' && $stderr !~ /\n$/;
         $flush_err->();
         waitpid($pid, 0);
         $tar_status = $?;
