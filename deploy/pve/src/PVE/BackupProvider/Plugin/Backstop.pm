@@ -732,12 +732,16 @@ sub _teardown_vm_volume {
         push @problems, "$@" if $@;
     }
     if ($st->{dir}) {
+        my $still = 0;
         if (open(my $m, '<', '/proc/self/mounts')) {
-            my $still = grep { (split(' ', $_))[1] eq "$st->{dir}/mnt" } <$m>;
+            $still = grep { (split(' ', $_))[1] eq "$st->{dir}/mnt" } <$m>;
             close($m);
-            push @problems, "backstop: $st->{dir}/mnt is still mounted\n" if $still;
         }
-        remove_tree($st->{dir}) if !@problems || !-e "$st->{dir}/mnt/$st->{device}";
+        if ($still) {
+            push @problems, "backstop: $st->{dir}/mnt is still mounted\n";
+        } else {
+            remove_tree($st->{dir});
+        }
     }
     $self->_log('warn', $_) for @problems;
 }
