@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -22,6 +23,9 @@ type ChunkWriter struct {
 	chunks  ChunkStore
 	catalog pullCatalog
 	batch   int
+	// reserveWait bounds the wait for GC to finish deleting chunks this
+	// writer stores again.
+	reserveWait time.Duration
 
 	bufs    chan []byte // free buffers; one per chunk in flight
 	pending []pendingChunk
@@ -52,7 +56,7 @@ func NewChunkWriter(ctx context.Context, chunks ChunkStore, catalog pullCatalog,
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cfg.Uploaders)
 	n := cfg.Uploaders + cfg.DedupBatch
-	w := &ChunkWriter{ctx: ctx, chunks: chunks, catalog: catalog, batch: cfg.DedupBatch,
+	w := &ChunkWriter{ctx: ctx, chunks: chunks, catalog: catalog, batch: cfg.DedupBatch, reserveWait: cfg.ReserveWait,
 		bufs: make(chan []byte, n), seen: map[ChunkID]bool{}, uploads: g, gctx: gctx}
 	for range n {
 		w.bufs <- nil
@@ -124,7 +128,7 @@ func (w *ChunkWriter) flush() error {
 			reserve = append(reserve, ChunkInfo{ID: p.id, Size: int64(len(p.buf))})
 		}
 	}
-	if err := w.catalog.ReserveChunks(w.gctx, reserve); err != nil {
+	if err := reserveChunks(w.gctx, w.catalog, reserve, w.reserveWait); err != nil {
 		return fmt.Errorf("reserve chunks: %w", err)
 	}
 	for _, p := range w.pending {

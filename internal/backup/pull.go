@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -61,12 +62,15 @@ type PullConfig struct {
 	Uploaders  int // chunks being stored at once
 	Slack      int // extra buffers for dedup batching
 	DedupBatch int // most ids per KnownChunks query
+	// ReserveWait bounds the wait for GC to finish deleting chunks that a
+	// writer is about to store again (ErrChunksDeleting).
+	ReserveWait time.Duration
 }
 
 // DefaultPullConfig returns the defaults: 4 MiB chunks, 4 readers, 4
 // uploaders, 4 spare buffers: 48 MiB of chunk buffers per pull.
 func DefaultPullConfig() PullConfig {
-	return PullConfig{ChunkSize: 4 << 20, Readers: 4, Uploaders: 4, Slack: 4, DedupBatch: 128}
+	return PullConfig{ChunkSize: 4 << 20, Readers: 4, Uploaders: 4, Slack: 4, DedupBatch: 128, ReserveWait: time.Minute}
 }
 
 // pullCatalog is what a pull needs of the catalog.
@@ -118,6 +122,7 @@ type puller struct {
 	limiter *rate.Limiter // nil: unlimited
 	stats   *pullStats
 	onWarn  func(msg string)
+	hook    func(stage string) // calls ServiceConfig.Hook; nil in unit tests
 }
 
 func (p *puller) run(ctx context.Context) (*FixedIndex, error) {
@@ -425,6 +430,9 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 				toUpload = append(toUpload, pr)
 			}
 		}
+		if len(query) > 0 && p.hook != nil {
+			p.hook("pull:looked-up")
+		}
 		if len(toUpload) == 0 {
 			continue
 		}
@@ -434,8 +442,11 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 		for i, pr := range toUpload {
 			reserve[i] = ChunkInfo{ID: pr.id, Size: int64(pr.length)}
 		}
-		if err := p.catalog.ReserveChunks(ctx, reserve); err != nil {
+		if err := reserveChunks(ctx, p.catalog, reserve, p.cfg.ReserveWait); err != nil {
 			return fmt.Errorf("reserve chunks: %w", err)
+		}
+		if p.hook != nil {
+			p.hook("pull:reserved")
 		}
 		for _, pr := range toUpload {
 			inflight++

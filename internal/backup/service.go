@@ -69,6 +69,7 @@ type ServiceCatalog interface {
 	SnapshotCatalog
 	ChunkCatalog
 	TaskCatalog
+	MaintenanceCatalog
 }
 
 // ServiceConfig tunes the Service.
@@ -88,12 +89,21 @@ type ServiceConfig struct {
 	CacheBytes  int64
 	ReadAhead   int
 	Prefetchers int
+	// GC and Verify tune the maintenance tasks.
+	GC     GCConfig
+	Verify VerifyConfig
+	// Hook, when set, is called at named points of GC and pulls
+	// ("gc:cutoff", "gc:claimed", "gc:deleted", "pull:looked-up",
+	// "pull:reserved"), from the goroutine doing the work, so tests can
+	// interleave them exactly. Production leaves it nil.
+	Hook func(stage string)
 }
 
 // DefaultServiceConfig returns the defaults.
 func DefaultServiceConfig() ServiceConfig {
 	return ServiceConfig{Pull: DefaultPullConfig(), TunnelTimeout: 2 * time.Minute, ProgressInterval: time.Second,
-		StaleAfter: 5 * time.Minute, CacheBytes: 256 << 20, ReadAhead: 8, Prefetchers: 8}
+		StaleAfter: 5 * time.Minute, CacheBytes: 256 << 20, ReadAhead: 8, Prefetchers: 8,
+		GC: DefaultGCConfig(), Verify: VerifyConfig{Workers: 8}}
 }
 
 // Service orchestrates backups: disk pulls and commits. Pulls outlive the
@@ -407,7 +417,7 @@ func (s *Service) pullDisk(ctx context.Context, task Task, session Snapshot, req
 	tlog("pulling %s: %d bytes, bitmap mode %s", req.Device, req.Size, req.BitmapMode)
 
 	p := &puller{cfg: s.cfg.Pull, chunks: s.chunks, catalog: s.catalog, src: src, base: base, stats: stats,
-		onWarn: func(msg string) { tlog("warning: %s", msg) }}
+		onWarn: func(msg string) { tlog("warning: %s", msg) }, hook: s.hook}
 	if req.BandwidthLimit > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(req.BandwidthLimit), int(min(req.BandwidthLimit, int64(s.cfg.Pull.ChunkSize))))
 	}

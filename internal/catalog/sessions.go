@@ -176,7 +176,8 @@ func listAttached[T any](ctx context.Context, s *Store, snapshotID, what, sql st
 // transaction: lock the session, count one reference on each distinct ref
 // (locking chunk rows in id order, so concurrent commits, deletes and
 // KnownChunks calls cannot deadlock), refuse if any ref is not a known good
-// chunk, store the refs and flip the state.
+// chunk (pending, bad or being deleted by GC), store the refs and flip the
+// state.
 func (s *Store) CommitSnapshot(ctx context.Context, id string, size, newBytes int64, refs []backup.ChunkID) (backup.Snapshot, error) {
 	uid, ok := parseID(id)
 	if !ok {
@@ -201,7 +202,8 @@ func (s *Store) CommitSnapshot(ctx context.Context, id string, size, newBytes in
 			return conflict("snapshot %s is already committed", id)
 		}
 		tag, err := tx.Exec(ctx, `UPDATE chunks SET refs = refs + 1 WHERE id IN (
-			SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending ORDER BY id FOR UPDATE)`, params)
+			SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending AND NOT deleting
+			ORDER BY id FOR UPDATE)`, params)
 		if err != nil {
 			return err
 		}
@@ -222,7 +224,7 @@ func (s *Store) CommitSnapshot(ctx context.Context, id string, size, newBytes in
 // unknownRefs builds the ErrInvalid for a commit whose refs are not all
 // known good chunks, naming the first one missing.
 func unknownRefs(ctx context.Context, tx pgx.Tx, id string, ids []backup.ChunkID, params [][]byte) error {
-	rows, _ := tx.Query(ctx, `SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending`, params)
+	rows, _ := tx.Query(ctx, `SELECT id FROM chunks WHERE id = ANY($1) AND NOT bad AND NOT pending AND NOT deleting`, params)
 	known, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
 	if err != nil {
 		return err

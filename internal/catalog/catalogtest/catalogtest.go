@@ -69,6 +69,7 @@ func Run(t *testing.T, newCatalog func(t *testing.T) backup.Catalog) {
 		{"TaskLogConcurrent", testTaskLogConcurrent},
 		{"FailStaleTasks", testFailStaleTasks},
 	}
+	tests = append(tests, maintenanceTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
