@@ -1,9 +1,10 @@
 package nbd
 
 // The server side: read-only exports for restores (design notes,
-// nbd-protocol.md §9). server.go holds the API and the connection
-// lifecycle; server_handshake.go the option negotiation;
-// server_transmission.go and server_read.go the requests.
+// nbd-protocol.md §9). server.go holds the API and the server's
+// lifecycle, server_conn.go a connection's, server_handshake.go the
+// option negotiation, server_transmission.go and server_read.go the
+// requests.
 
 import (
 	"context"
