@@ -430,11 +430,33 @@ type FinishResult struct {
 
 // GCRequest defines model for GCRequest.
 type GCRequest struct {
+	// GraceSeconds keep unreferenced chunks touched this recently (default BACKSTOP_GC_GRACE, 24 h)
 	GraceSeconds *int64 `json:"grace_seconds,omitempty"`
 }
 
 // GuestType defines model for GuestType.
 type GuestType string
+
+// GuestUsage defines model for GuestUsage.
+type GuestUsage struct {
+	// Chunks distinct chunks referenced
+	Chunks int64 `json:"chunks"`
+
+	// ExclusiveBytes stored bytes of the chunks no other snapshot references (freed if all of these were deleted)
+	ExclusiveBytes int64 `json:"exclusive_bytes"`
+
+	// LogicalBytes sum of snapshot sizes
+	LogicalBytes int64 `json:"logical_bytes"`
+
+	// NewBytes sum of what each backup stored that no earlier one had, at its time
+	NewBytes  int64 `json:"new_bytes"`
+	Snapshots int64 `json:"snapshots"`
+
+	// StoredBytes stored bytes of the distinct chunks referenced (each counted once, envelopes included)
+	StoredBytes int64     `json:"stored_bytes"`
+	Type        GuestType `json:"type"`
+	Vmid        int       `json:"vmid"`
+}
 
 // IncrementalAnswer defines model for IncrementalAnswer.
 type IncrementalAnswer struct {
@@ -473,6 +495,24 @@ type JobCreate struct {
 
 // Namespace defines model for Namespace.
 type Namespace = string
+
+// NamespaceInfo defines model for NamespaceInfo.
+type NamespaceInfo struct {
+	CreatedAt time.Time `json:"created_at"`
+	Name      string    `json:"name"`
+
+	// QuotaBytes absent: no quota
+	QuotaBytes *int64 `json:"quota_bytes,omitempty"`
+
+	// StoredBytes stored bytes of the distinct chunks its snapshots reference
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
+// NamespacePut defines model for NamespacePut.
+type NamespacePut struct {
+	// QuotaBytes null removes the quota
+	QuotaBytes *int64 `json:"quota_bytes"`
+}
 
 // Problem defines model for Problem.
 type Problem struct {
@@ -521,7 +561,10 @@ type PruneRequest struct {
 type Snapshot struct {
 	// BackupTime seconds since the Unix epoch
 	BackupTime UnixTime `json:"backup_time"`
-	Name       string   `json:"name"`
+
+	// ExclusiveBytes stored bytes of the chunks only this snapshot references: what deleting it frees (GET /snapshots/{name} only)
+	ExclusiveBytes *int64 `json:"exclusive_bytes,omitempty"`
+	Name           string `json:"name"`
 
 	// NewBytes bytes this backup stored that no earlier one had
 	NewBytes  *int64 `json:"new_bytes,omitempty"`
@@ -530,9 +573,12 @@ type Snapshot struct {
 	Protected bool   `json:"protected"`
 
 	// Size logical bytes
-	Size        int64               `json:"size"`
-	Storage     *string             `json:"storage,omitempty"`
-	Type        GuestType           `json:"type"`
+	Size    int64     `json:"size"`
+	Storage *string   `json:"storage,omitempty"`
+	Type    GuestType `json:"type"`
+
+	// VerifiedAt when verify_state was last set
+	VerifiedAt  *time.Time          `json:"verified_at,omitempty"`
 	VerifyState SnapshotVerifyState `json:"verify_state"`
 	Vmid        int                 `json:"vmid"`
 
@@ -577,7 +623,7 @@ type Status struct {
 type Task struct {
 	CreatedAt time.Time `json:"created_at"`
 
-	// Done bytes read from the source so far
+	// Done work done so far: bytes read (disk pulls), chunks processed (gc, verify), namespaces (prune)
 	Done       int64              `json:"done"`
 	Error      *string            `json:"error,omitempty"`
 	FinishedAt *time.Time         `json:"finished_at,omitempty"`
@@ -585,7 +631,7 @@ type Task struct {
 	Kind       string             `json:"kind"`
 	State      TaskState          `json:"state"`
 
-	// Total bytes the task will read
+	// Total work the task will do, in the unit of done
 	Total     int64     `json:"total"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
@@ -655,11 +701,61 @@ type TokenCreatedRole string
 // UnixTime seconds since the Unix epoch
 type UnixTime = int64
 
+// Usage defines model for Usage.
+type Usage struct {
+	// Chunks distinct chunks referenced
+	Chunks int64 `json:"chunks"`
+
+	// ExclusiveBytes stored bytes of the chunks no other snapshot references (freed if all of these were deleted)
+	ExclusiveBytes int64        `json:"exclusive_bytes"`
+	Guests         []GuestUsage `json:"guests"`
+
+	// LogicalBytes sum of snapshot sizes
+	LogicalBytes int64 `json:"logical_bytes"`
+
+	// NewBytes sum of what each backup stored that no earlier one had, at its time
+	NewBytes int64  `json:"new_bytes"`
+	Ns       string `json:"ns"`
+
+	// QuotaBytes the namespace's quota; absent: none
+	QuotaBytes *int64 `json:"quota_bytes,omitempty"`
+	Snapshots  int64  `json:"snapshots"`
+
+	// StoredBytes stored bytes of the distinct chunks referenced (each counted once, envelopes included)
+	StoredBytes int64 `json:"stored_bytes"`
+
+	// Vmid the guest the totals are for, when one was asked for
+	Vmid *int `json:"vmid,omitempty"`
+}
+
+// UsageFigures defines model for UsageFigures.
+type UsageFigures struct {
+	// Chunks distinct chunks referenced
+	Chunks int64 `json:"chunks"`
+
+	// ExclusiveBytes stored bytes of the chunks no other snapshot references (freed if all of these were deleted)
+	ExclusiveBytes int64 `json:"exclusive_bytes"`
+
+	// LogicalBytes sum of snapshot sizes
+	LogicalBytes int64 `json:"logical_bytes"`
+
+	// NewBytes sum of what each backup stored that no earlier one had, at its time
+	NewBytes  int64 `json:"new_bytes"`
+	Snapshots int64 `json:"snapshots"`
+
+	// StoredBytes stored bytes of the distinct chunks referenced (each counted once, envelopes included)
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
 // VerifyRequest defines model for VerifyRequest.
 type VerifyRequest struct {
-	Ns            *Namespace `json:"ns,omitempty"`
-	OlderThanDays *int       `json:"older_than_days,omitempty"`
-	Snapshot      *string    `json:"snapshot,omitempty"`
+	Ns *Namespace `json:"ns,omitempty"`
+
+	// OlderThanDays only snapshots not verified for this many days
+	OlderThanDays *int `json:"older_than_days,omitempty"`
+
+	// Snapshot one snapshot by name (in `ns`, default `default`)
+	Snapshot *string `json:"snapshot,omitempty"`
 }
 
 // ExportID defines model for ExportID.
@@ -757,6 +853,12 @@ type GetTaskLogParams struct {
 	Since *int64 `form:"since,omitempty" json:"since,omitempty"`
 }
 
+// GetUsageParams defines parameters for GetUsage.
+type GetUsageParams struct {
+	Ns   *NS  `form:"ns,omitempty" json:"ns,omitempty"`
+	Vmid *int `form:"vmid,omitempty" json:"vmid,omitempty"`
+}
+
 // CreateBackupJSONRequestBody defines body for CreateBackup for application/json ContentType.
 type CreateBackupJSONRequestBody = BackupCreate
 
@@ -783,6 +885,9 @@ type StartGCJSONRequestBody = GCRequest
 
 // CreateJobJSONRequestBody defines body for CreateJob for application/json ContentType.
 type CreateJobJSONRequestBody = JobCreate
+
+// PutNamespaceJSONRequestBody defines body for PutNamespace for application/json ContentType.
+type PutNamespaceJSONRequestBody = NamespacePut
 
 // PruneJSONRequestBody defines body for Prune for application/json ContentType.
 type PruneJSONRequestBody = PruneRequest
@@ -846,7 +951,7 @@ type ServerInterface interface {
 	// OpenExportTunnel The export over this HTTPS connection (Connection Upgrade, Upgrade nbd).
 	// (GET /api/v1/exports/{id}/tunnel)
 	OpenExportTunnel(w http.ResponseWriter, r *http.Request, id ExportID)
-
+	// StartGC Start garbage collection (409 while one runs on any replica).
 	// (POST /api/v1/gc)
 	StartGC(w http.ResponseWriter, r *http.Request)
 	// CreateJob A vzdump run starts (job_init).
@@ -855,6 +960,9 @@ type ServerInterface interface {
 	// FinishJob A vzdump run ends (job_cleanup); idempotent.
 	// (POST /api/v1/jobs/{id}/finish)
 	FinishJob(w http.ResponseWriter, r *http.Request, id ID)
+	// PutNamespace Set or remove a namespace's quota (created when missing).
+	// (PUT /api/v1/namespaces/{ns})
+	PutNamespace(w http.ResponseWriter, r *http.Request, ns Namespace)
 	// Prune Apply keep rules to a namespace (PBS/PVE semantics).
 	// (POST /api/v1/prune)
 	Prune(w http.ResponseWriter, r *http.Request)
@@ -915,7 +1023,10 @@ type ServerInterface interface {
 
 	// (DELETE /api/v1/tokens/{id})
 	DeleteToken(w http.ResponseWriter, r *http.Request, id string)
-
+	// GetUsage Accounting of a namespace (or one guest), per guest, from the catalog.
+	// (GET /api/v1/usage)
+	GetUsage(w http.ResponseWriter, r *http.Request, params GetUsageParams)
+	// StartVerify Start a verification (409 while one runs on any replica).
 	// (POST /api/v1/verify)
 	StartVerify(w http.ResponseWriter, r *http.Request)
 	// GetHealthz Liveness; answers while the process runs.
@@ -1023,6 +1134,7 @@ func (_ Unimplemented) OpenExportTunnel(w http.ResponseWriter, r *http.Request, 
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// StartGC Start garbage collection (409 while one runs on any replica).
 // (POST /api/v1/gc)
 func (_ Unimplemented) StartGC(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -1037,6 +1149,12 @@ func (_ Unimplemented) CreateJob(w http.ResponseWriter, r *http.Request) {
 // FinishJob A vzdump run ends (job_cleanup); idempotent.
 // (POST /api/v1/jobs/{id}/finish)
 func (_ Unimplemented) FinishJob(w http.ResponseWriter, r *http.Request, id ID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// PutNamespace Set or remove a namespace's quota (created when missing).
+// (PUT /api/v1/namespaces/{ns})
+func (_ Unimplemented) PutNamespace(w http.ResponseWriter, r *http.Request, ns Namespace) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1153,6 +1271,13 @@ func (_ Unimplemented) DeleteToken(w http.ResponseWriter, r *http.Request, id st
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// GetUsage Accounting of a namespace (or one guest), per guest, from the catalog.
+// (GET /api/v1/usage)
+func (_ Unimplemented) GetUsage(w http.ResponseWriter, r *http.Request, params GetUsageParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StartVerify Start a verification (409 while one runs on any replica).
 // (POST /api/v1/verify)
 func (_ Unimplemented) StartVerify(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -1581,6 +1706,32 @@ func (siw *ServerInterfaceWrapper) FinishJob(w http.ResponseWriter, r *http.Requ
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.FinishJob(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// PutNamespace operation middleware
+func (siw *ServerInterfaceWrapper) PutNamespace(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "ns" -------------
+	var ns Namespace
+
+	err = runtime.BindStyledParameterWithOptions("simple", "ns", chi.URLParam(r, "ns"), &ns, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "ns", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.PutNamespace(w, r, ns)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2365,6 +2516,52 @@ func (siw *ServerInterfaceWrapper) DeleteToken(w http.ResponseWriter, r *http.Re
 	handler.ServeHTTP(w, r)
 }
 
+// GetUsage operation middleware
+func (siw *ServerInterfaceWrapper) GetUsage(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetUsageParams
+
+	// ------------- Optional query parameter "ns" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "ns", r.URL.Query(), &params.Ns, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "ns"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "ns", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "vmid" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "vmid", r.URL.Query(), &params.Vmid, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "vmid"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "vmid", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetUsage(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // StartVerify operation middleware
 func (siw *ServerInterfaceWrapper) StartVerify(w http.ResponseWriter, r *http.Request) {
 
@@ -2650,6 +2847,12 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/api/v1/verify", wrapper.StartVerify)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/api/v1/usage", wrapper.GetUsage)
+	})
+	r.Group(func(r chi.Router) {
+		r.Put(options.BaseURL+"/api/v1/namespaces/{ns}", wrapper.PutNamespace)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/api/v1/tokens", wrapper.ListTokens)
@@ -3338,6 +3541,46 @@ type FinishJobdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response FinishJobdefaultApplicationProblemPlusJSONResponse) VisitFinishJobResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutNamespaceRequestObject struct {
+	Ns   Namespace `json:"ns"`
+	Body *PutNamespaceJSONRequestBody
+}
+
+type PutNamespaceResponseObject interface {
+	VisitPutNamespaceResponse(w http.ResponseWriter) error
+}
+
+type PutNamespace200JSONResponse NamespaceInfo
+
+func (response PutNamespace200JSONResponse) VisitPutNamespaceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PutNamespacedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response PutNamespacedefaultApplicationProblemPlusJSONResponse) VisitPutNamespaceResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -4180,6 +4423,45 @@ func (response DeleteTokendefaultApplicationProblemPlusJSONResponse) VisitDelete
 	return err
 }
 
+type GetUsageRequestObject struct {
+	Params GetUsageParams
+}
+
+type GetUsageResponseObject interface {
+	VisitGetUsageResponse(w http.ResponseWriter) error
+}
+
+type GetUsage200JSONResponse Usage
+
+func (response GetUsage200JSONResponse) VisitGetUsageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUsagedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response GetUsagedefaultApplicationProblemPlusJSONResponse) VisitGetUsageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type StartVerifyRequestObject struct {
 	Body *StartVerifyJSONRequestBody
 }
@@ -4353,7 +4635,7 @@ type StrictServerInterface interface {
 	// OpenExportTunnel The export over this HTTPS connection (Connection Upgrade, Upgrade nbd).
 	// (GET /api/v1/exports/{id}/tunnel)
 	OpenExportTunnel(ctx context.Context, request OpenExportTunnelRequestObject) (OpenExportTunnelResponseObject, error)
-
+	// StartGC Start garbage collection (409 while one runs on any replica).
 	// (POST /api/v1/gc)
 	StartGC(ctx context.Context, request StartGCRequestObject) (StartGCResponseObject, error)
 	// CreateJob A vzdump run starts (job_init).
@@ -4362,6 +4644,9 @@ type StrictServerInterface interface {
 	// FinishJob A vzdump run ends (job_cleanup); idempotent.
 	// (POST /api/v1/jobs/{id}/finish)
 	FinishJob(ctx context.Context, request FinishJobRequestObject) (FinishJobResponseObject, error)
+	// PutNamespace Set or remove a namespace's quota (created when missing).
+	// (PUT /api/v1/namespaces/{ns})
+	PutNamespace(ctx context.Context, request PutNamespaceRequestObject) (PutNamespaceResponseObject, error)
 	// Prune Apply keep rules to a namespace (PBS/PVE semantics).
 	// (POST /api/v1/prune)
 	Prune(ctx context.Context, request PruneRequestObject) (PruneResponseObject, error)
@@ -4422,7 +4707,10 @@ type StrictServerInterface interface {
 
 	// (DELETE /api/v1/tokens/{id})
 	DeleteToken(ctx context.Context, request DeleteTokenRequestObject) (DeleteTokenResponseObject, error)
-
+	// GetUsage Accounting of a namespace (or one guest), per guest, from the catalog.
+	// (GET /api/v1/usage)
+	GetUsage(ctx context.Context, request GetUsageRequestObject) (GetUsageResponseObject, error)
+	// StartVerify Start a verification (409 while one runs on any replica).
 	// (POST /api/v1/verify)
 	StartVerify(ctx context.Context, request StartVerifyRequestObject) (StartVerifyResponseObject, error)
 	// GetHealthz Liveness; answers while the process runs.
@@ -5003,6 +5291,39 @@ func (sh *strictHandler) FinishJob(w http.ResponseWriter, r *http.Request, id ID
 	}
 }
 
+// PutNamespace operation middleware
+func (sh *strictHandler) PutNamespace(w http.ResponseWriter, r *http.Request, ns Namespace) {
+	var request PutNamespaceRequestObject
+
+	request.Ns = ns
+
+	var body PutNamespaceJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.PutNamespace(ctx, request.(PutNamespaceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "PutNamespace")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(PutNamespaceResponseObject); ok {
+		if err := validResponse.VisitPutNamespaceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // Prune operation middleware
 func (sh *strictHandler) Prune(w http.ResponseWriter, r *http.Request) {
 	var request PruneRequestObject
@@ -5560,6 +5881,32 @@ func (sh *strictHandler) DeleteToken(w http.ResponseWriter, r *http.Request, id 
 	}
 }
 
+// GetUsage operation middleware
+func (sh *strictHandler) GetUsage(w http.ResponseWriter, r *http.Request, params GetUsageParams) {
+	var request GetUsageRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetUsage(ctx, request.(GetUsageRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetUsage")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetUsageResponseObject); ok {
+		if err := validResponse.VisitGetUsageResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // StartVerify operation middleware
 func (sh *strictHandler) StartVerify(w http.ResponseWriter, r *http.Request) {
 	var request StartVerifyRequestObject
@@ -5671,98 +6018,118 @@ func (sh *strictHandler) GetReadyz(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7F1rc9u4ev4rGPbMxJlDW3Ju3SjT6SSxs8lpkvWJvdtuk1SCyFciViTABUDLiutP/daf2V/SwYU3CZRI",
-	"mXYy0+6HjUSBuLw3PO8F8LUXsCRlFKgU3ujaSzHHCUjg+tsJXJIA1KcQRMBJKgmj3sj7++mHX1HIySUg",
-	"EvoIjuZHaKK/H4pAkOHE8z2iGqZYRp7vUZyAN/JC053vcfgzIxxCbyR5Br4ngggSrMb5C4eZN/L+YVBO",
-	"a2B+FQM7m5sb3zu9ShmX707UK46BSLh1kBRLCVy99h+fh4fP8eHs6/Xxs5u/eL4nV6nqQEhO6FwPte8g",
-	"M8YTLL2Rl2W65WbPH8+Lnv/MgK/Krqnw2hLlI05ApNjS5aN+f51dguJUREwi1b2PJl+y4fBx8Cck2X/G",
-	"V4H+Bofm4WVCwtqD33///ffxhw/jk5PDt2/Vh/Nz83sDj/U/LYl/kE/h4aHiw9frY//5jf345GZsPjwq",
-	"PxxuPCk+uHh3o6YhUkYFaGk+42waQ6I+BoxKoFJ9xGkakwArUg1S0+KvfwhFt+uWLMj71SPWKY8pAs4Z",
-	"Rwef3rxGz588/Udkx0AhSExi8VDzzXalRnrJg4hcwicQWawnmHKWApfELGJGYvshly9C5bMn5fIJlTAH",
-	"7t34HoXleLqSrdsL8g1aNb2pMvizea86nG+n+bV4lU3/gECqQV7hYJGlmwsjYQutycXs2qFO1Rnpd3XT",
-	"5im85oCl7guHIVEMw/FZZUozHAvw12Y51a+OJTGz2CYWv1JydaHa3fjeH2w6brtA0UHlfU9IxvFcTybB",
-	"V++BzmXkjR49fep7CaH592PHQObB9qF+zkDIC9XwxveUbbDjkCRLvNHz/D89lnl2vFta7Ixth7a9XyNt",
-	"M9feEEpE1JFrWgfXSPTs6dPHzxxkEVkQgBAVGZsyFgOmmwuxLV2Tfc2ShMgmJW4Q4v010Fpd/bprOuVG",
-	"Xt378OG3l4f/rixo+XF8dPj1eug/e+wyqb53QsTiHZ2xzTWFxRC9rarAC83rImJxlsVxZy2m4ZKEMhrH",
-	"JCFyc8fUZgylwJGAgNHQR0M0YxxlVL8ASmw3VlPowNBlXKdEJjgdJyzUtACqWn72KKPWdupdMxPVhZYk",
-	"tG/ngtNR1UvetMFXWxi2Tc19T7CMB10tqswohXiTBTIClMbZnFDEUqACqQchEYsHAtl3/A0N9b2Mk82+",
-	"6DQcDQYRE3KkcOMANHxEjCM6Df+aUXI1Ggzs038WLFiA/KezlxdvnbBtTQi3ymyd7QWFXKJsIO2mXgUx",
-	"sUhlkz6MxitkGiAchhyEQDiO2RJCHy0joGjKMurcZraoK1ylhIMYY1mTgRBLONTW2Xe+Y2e/OcuPr06Q",
-	"pbiSX3Rw/OgnxDENWYKmRIqHrg7NVtOwO25aGItwnT82SZgCrojNtGC9vbg4O0dZOuc4BCtfSDIkIyLs",
-	"5F2zbCVtp/929sunC3Tw6uXrfzm/+OVs/PHVyfjlyW+nny7enZ8+dArZBphRIxVkrvHIt+5CTgK/lEG7",
-	"8mZx2w8DERqOq2I5w3qXs43rxNAiqiisVgRCEjq3EvtAFDKb4BUKGKVqbi6l7oiJpIzHxm6L2gR/evZk",
-	"OPRL/PJs+OQn/SC3as+Gzj1pg3hvSAynVPLVprrOa4JbMY4xoYuxxHwObinNN4bNN5OuaLMRXmhX7VY7",
-	"dAkb8w1MIX0lc4QrIVwlap2e70WYh/ZjoD7DpTKGMQsW5uOMzJhzp8vcBHQDHut7WgRpTa61tQZfz/X/",
-	"k0ZUafBkE1DDxhkb74tgau+7hv/59SejFx11cM5xAFUh74RGXDJdQv0Kc5WD7vlefBU4efWOBhwSoBLH",
-	"L6lYAm+ChaJ5eRUopDFQEwJqs+26sXhlln/XcZZupG6xgg697QWtXP62a6X70+hvbOqKNSjdgLATEmjr",
-	"5tbNXcUUScxlZwe74ga3iQxYNFZ4opVBG6iz106ZL7IjXL81CTqNt25ZO9Km3HmrW23xyd/pcR6Njcf5",
-	"yO1xVqJ2a8DYEnct1inxNAaU4CAiFA454FA/MGG4wCwutzhTHI4tLlGWh+JMRoyTb7l/NyVhCFQLjBzP",
-	"LJROQEYsHKtHFmurPY7RWUwCs95VzHA4loyNY7Xf665FlirABeE4gZDgsd2yggiChciScUJEgmUQ6aiq",
-	"yGYzEiiQNC75kFF8iUmsVqPoRBJgmbRzI0kaaxOnJ6PsBqdYOUgc0znouQosiZgR/fpXp0MgMYmdKkmo",
-	"kJg2eAuWfuMGwC4klplwAxtJZOzuVOrtraHLAoFcYbVsb+ThKcvkaBpjjTe2y7clvBm7mJ9vxMkl4Gc8",
-	"o/AB88WmCCb2aS5PC4BUu/EJu9TwhDMJgWLK171DmRbp6KEap7cfiAj5aswz6gLxmxhcr61j/5jEerfd",
-	"HhmJWMbbtIuxWeH2VgmjMmrT3RJg0abdCnCL6bkgVVe3Ze+AbHvooLnoEqPzigfdS8i70QmpZSVcYTft",
-	"c5tRkTJ/ECIZYYkoQ4oVBDhiFFCEnVE4RxqE2cHaRhNKtXUEgUtnqT73mM1JgGNUZEBa5FsaQcs+wgCc",
-	"zFZjZc9cAUamLOMMk7jBGOWytDnLSxZTZ1rRsGhg8oSqiUkM7rTA1qLl/dr4RXMyoHDsDCOr/Flb9jbB",
-	"PtO76y4DlhBafXq8iehkbvp3ZhK2ipHLXpwXe+WaFxpIculggJ6zifPJCFCAJY7ZHDFu1AYFLItDRJlE",
-	"U0AKCTmDKxpVtHT+gyiji7bpxBDCLB1zLAlrVBdjCdDAKrr9ejA0q6JMRoTOERH290qwjGbJ1IxTZHfq",
-	"IyyjFTKUU+9rWrnwZW0ibROlVqZat68srm2YhUkcN1jIkWb3jMSAxEpISJBSEJ2gwPaxGvAFgj8zrMOY",
-	"mYBQ/37+2EfLiAQRirBQFjXAKQ6IXLWzWFmqfL9uDqEa24XTtWFvbS3XAytGJXI62VFyYa5yaJ3Da9wo",
-	"ZLour7WluszKBRYOQBhoL7EbfUJloBu2QqW0aMZZojlusgdIMDTDvB3DCt3YGPYunfsFoc3eQG134hml",
-	"6je7QZnpOsM/W/RBE0disUBLEse5pbsTcXZFE/Rq87VZfpaCWRGJVkL1ns035Som1FZJSEh2okrbzXtC",
-	"K7jSw5zj1cYKTM9bJqN72ZiQgD/bGjK4akjLWEC5B9nV6LYDO0DTAj4pKq1PXolKu3KMdd/RvugcjS2A",
-	"9mMR9knANeXLGlF47nnUxaop7GqFx/c4i2sKjMOE0AKwaecXuxBmY4GO7bI2o5rWNBJ7r5DcPrR1ZN2P",
-	"H/20M4xXJ/FajrD4zRgvtR6dBsOBRIS+QJCkcqWgXEKEUBgoAUx1dtfz21kBh2/ZOxurHNzBJy2fOI5/",
-	"mXmjzzvsl1alG39Db3MV28wxTwFzU63BQfpIRGxJTXqc0WC3QTE9b67g643vFU7tJoYx6RckCA1A81G1",
-	"RZAyHcfrWCDym/Zk9ovkdIw0sDgEPpYRpuMQr8TuGMiW/Loz7SAgyDiRq3M1ug0jaA4VVZXaCTGPig4i",
-	"KVNTRUlsiVGd3q9wsBCSpQrPY8QhYRLyQIHJrGqMe8bZVcKu0G+nR+giIkI1V8y5PEafTs8vvtCAUcmV",
-	"omlYPDX56bPfTm29iW9KTbCIpgzzEGEaIpYKZKYijr7QL/T0EvgKBTiO0TSTaDKIAMcy+jbRrScDpT6r",
-	"bxNEAUKBJi9tYFmXmY7QKyOtxnPWsmdrao++0IsIkNInhHXhi4aj1PZDBJqTS6BqzpOrw6mlx6FqP0EH",
-	"E63FE/Q///1faGLoYr+o6UwevvhC9WACsZkZo2jFuG2kjdAUkK1zUs5DaavM0hVGEwhzQJOm4tlJWfD6",
-	"EC2JjBBGNjI/CVgIE5SAct/UekkClWUpNhxMypzDxM8nab4+1ANrPbPq9wJJ3YUAiaarL1QjZeCXwHVT",
-	"NY/Hjx8/R0Zg1RqK8G8pUiaSIIycHR8Nj4ZaT1KgOCXeyHt8NDx6bBPOWpwHOgtrcvkFm96F3sj7GeRJ",
-	"LjveWgnyo+FwrfxYoZdBJJO4Xm/sqGWu60Ipnimeg3G3bQjXbQiKeVTqlX1PZEmC+cobeUruljAt5f5I",
-	"kQnPhbKPxQo1VFyTPG9kdgvV3wCnZGDJdrTCZllNZPolBfry7N1uIlXFLO+0A62URNixUMiCLFHd9kEx",
-	"Ior+9qfW5fHACLiJ/DDhIJbZQl+Vm7PeJF6xcLWFUt2q2GtF0Tf1DVLyDG42uHTc89gu1gkQSil1CSCE",
-	"PTBNyQHCRXjZdq+2DUYBzRVZ0YE1OIQS+bDKWIuOnEyd5mvYYOvgmoQ3A1sKonmcOVh8lklDBnsAQBub",
-	"8jBOA2QqmwzenXg3X9vKxtWhxLzOoAKuTAnF+jSK80DFfclE/RyE62yFaWAjgz1ZQDV1TChwBSjUlgE4",
-	"8e2/EKIDHSxS2yLHVMyA9yYegS4Y32IB9O+FBdhTNFpb2W68qlW7O1hlFid74dIHvDBYuzjVdEkEmcbQ",
-	"HyfojMx36+lr0653NdWIII0xoTu3uV3a+KQp7tqTthhzaQiWGRr5OqR7CFc4kH1xJCRisWVzPFdgsTgJ",
-	"cKdms5taFHNqxaxHvY2bB74cmphmcYw0uu5FCDTpkeqU0LneQRWvEFPg++Ork14FYHBtCthuBmVBt0WW",
-	"9TWaLX4mgZuVqqlVDg9oEmifZGIC6iN0bXocIc2ZyRF6qd7+QifHw2N0viQy0GmoM84kC1gsJibfZiqW",
-	"FX4IMOcEhFqzSc5YB8R4nl+oqXg2jqU91MAhxiuBbACbob+ffvj1gUAxC3Ccl8ubowjKi817VF0xYaNG",
-	"lQkUSUC9OjBukf36QJjguFDjRWyJiFQtIDSuUF2ZFPGU3F7kRyy6a5O/s1V+0mR9Tzo2+GHNYhX0T3P6",
-	"v1hfPmXLKg96kOyPr05qxwAAURbCg/wwADp4XY7+qzk24OcfEJ2GXYFB7Sd7DsGcJWhWi1lxFs5tGE1t",
-	"820xw125GvYkXyvb2B9UqdV7OwxknhbrQYROabjpaeS+RRADpln68IUySwHmoVBqmdEYhEAFXurLgM4I",
-	"hyU25+S2o5o3ecv/xzU50e4e4JCyQr1Zm3XteqWW/UfS6I0S+3vW6s2DCC7sAxwZCOEjCkvEOMpEH6Gz",
-	"f9UFFRqk6PCpPsap9gzCUUi4XCFzCrBQ/stkrG98GFcY35snGbMWzst79n/bc7n8FmZJilLgh0bZYzYv",
-	"2BNhGsYwjtl8PCMx3IYzBi2IRqz6Ucf1dSzevD1CmFqM8UCY85I62xHgFE9JTORK4RFdF4K1yLlA3Hsi",
-	"5Kkd+ZZa1yrVaM+ubtYabAZtTEFWTpbbM/N9pbv8MOeO5GqVnRy0WHXlp9Y0w80YTA66zoET/fw0P67Z",
-	"TdGK220cQRuHYlhEaqrO+1CQT7qnUhBfVKC2QDjWyS0dkkUGLvVF0V2e3RvGdYJIQXGhfTiWSYQRZ5mE",
-	"HKcr5K66HFkfsO7EfaGtvDh/04vTHeeJJRqaRJM9fE1hziTBeS2S5ch0hYg0StzkahlW7+lsNcvJD+RI",
-	"XZT00GEBXd1tjltXxu3kTrURsZb+1DzYEVf6+fUd5VvKk583m1cV3VM06OfXt44F5TxJMFFz1ceEnHwx",
-	"FSZV2v/BpjtTXn9j0zuif3mm754TG2pJDl78wabIVj31oHUvc4TDM2p4LNCBvoXoljktxbQu0QfDwB8r",
-	"XbGFAz26/zUWAA0tA0rHn4SQpEyuJY878iPlma3PdDJBnw67Iw2qnTy7A4evFfQsT+e1QJ8J5os+QOfL",
-	"NI1XaAGgmBub+C0uYSc6OHt1PlBARUCCqSSBqKncTlvp4HPtyIGzoEKB/vNK2Xs3nft4rgO3rtsI7cmc",
-	"kjHbz5u5O8mvaGi3N5YHm25tCFpJUXH6rYUQlZy4vSC9zgN9RTZT6NiEDT8JiQ5iIuT4ksVZAnUpKufR",
-	"rsikaD+4Vjxp4b6cl1fKdBQmrM8AthK6Vi6OmWcfVtmsDOEyfXzwZPjc5E+KA1td6Jzrqt9Y5vSdyNjf",
-	"fllqR7M23BpAthJnXYBnjvGt7XPq8f0Ruv/NtH5M8Z7Dp9sYbI+soFszupI1Bon0QUpdLGu1jjC6h9Zt",
-	"sW/ViqtdqrlvzVUXwWnYGNULHET9xt+8LP+bkM4q/G7avlexl1/rQk+ke7nYWh1mUVJ1p9VaZX7GRyw1",
-	"FfTxCqklHObUrqfWusasNkStrBnaJWl7Vg31uxV0CNTXObij4Od+NoFtjChKhXZC5BPd8kfeklsh1+JC",
-	"1hbI1RCnBwylM11shjD67UMFSFk1Gl8mm2GGrSrWkq9lBVAlrbIterRn/L0tk2tlLP1DgtoVjc4g4XHP",
-	"Y7mExsZuewxN0eqNoGxWlo3NGEdWTnq1zmvCw/Fy6+ENIhaf8PLOpaYbaogAh/qslIUNnzCd1x3q22EE",
-	"FkiQh3Z3vu1Gv4xYDIgk9mTKo+Gz+xrZ6iGESN981RPO4HhpJFQvyeQx3l5cnKEDzQZUXO71sFe5Le76",
-	"37mZvdEtvwN6tRdwljwrb4AbeLfFrXtuieXtrK32RA6BZHyFgEpOoI/98Rdt0PJ+9T5ZItWcyz1ujlpO",
-	"BhUi7gKhikKvbfPvJzTNfyPkBzJl+jqVfKB+REN1+SCv/NWXe9xKPtpZkrL+b7dw7FkB+IP4KLvL9tDB",
-	"k+GT/IYhCg+/v9tia7Z2sWafqq0fhCs2F6YWeu/ULq7VaqRvfgnk3UXYzAiuAKr9pYezGPo2OWQ61GA6",
-	"vQT1LfQR1lWREBb2BgcR3OrMqsQaVNs6qCbK6muSfrT8r56UMz4lFj0w4oyzub7WXu/8MaPzQ3vNkT6H",
-	"0TbZu4Xiu+xFfo/Qnqc3XHu2vuPCjfSGHa+6uHPeqqU72BuzOTLXHfVQdpj3ZZisz9fYI0fKA6EBIHNB",
-	"HZpoyk3257q+sWGrF3BhmtwHts6vZtmJq+1FEwcUTNEXkPx2FnH7/dbUEm0rM/K3xoXMKu4malO9muie",
-	"K4tqt+008SSP5LywFY6KJfqCRXtlTgD3wJ4N+W5ZUJszbs2s3e5PQOLDb/avDz574vxDgq1S1Ia4t01U",
-	"70VCcwfqjkJGc73QHQl9/e6i71fQaCjxXYoa7QVA27blt7bJ3aFsHJNLqN3A5I0+f12vl6cgxAsLCQVa",
-	"RsrF1YdFOQsUbuEZFU3YUK81AclJsBVSf7BN7m6tdhKImIOvZ5wlICPIBFJdIgtJeoFzecd2yP1ws7kS",
-	"ahvNPpkWd0cyPQVFkqfDxx3J0SBOasrEyNMMk1g4byPWX6OMLvJ7iTEtLyUOIgibha0+dHmL2Oevyiqb",
-	"anyzB2Q81kFH9dz2lf+hxbJGp3hSLeIqHuZhlsqjqgWoPM5RRvGgMuubrzf/GwAA//8=",
+	"7H1rc9s4luhfQfFOVewa2rLzmm6lbt1KYieduUnaE7t7tredlSDySESLBBgAtK1k/Wm/7c/cX7KFA/Al",
+	"khIly+5U7faHjiyBeJz3C4ffvEAkqeDAtfKG37yUSpqABol/ncAVC8B8CkEFkqWaCe4NvX+cfviFhJJd",
+	"AWGhT+BwdkjG+PeBChQ7Gnu+x8zAlOrI8z1OE/CGXmin8z0JXzImIfSGWmbgeyqIIKFmnb9ImHpD7/8M",
+	"ym0N7K9q4HZze+t7pzepkPrdiXmkZSEWrlwkpVqDNI/92+9HBz/Sg+nnb8fPb//i+Z5epGYCpSXjM1xq",
+	"20WmQiZUe0Mvy3Bkc+aP58XMXzKQi3Jqrry+QPlIE1ApdXD5iM8vo0txmqpIaGKm98n4Mjs6ehJ8gST7",
+	"9/gmwL/gwH55lbCw9sVvv/322+jDh9HJycFPP5kP5+f29w4c4z89gb+Xb2H/wODh87dj/8db9/Hp7ch+",
+	"eFx+OGh8U3xow92t2YZKBVeA1HwmxSSGxHwMBNfAtflI0zRmATWgGqR2xF//UAZu33qiIJ8XV6xDnnIC",
+	"UgpJ9j69eU1+fPrsb8StQULQlMVqH/HmpjIrvZRBxK7gE6gsxg2mUqQgNbOHmLLYfcjpi3H9/Gl5fMY1",
+	"zEB6t77H4Xo0Weje4xX7Cr2G3lYR/Lt9rrqc77b5uXhUTP6AQJtFXtFgnqXNg7GwB9fkZPathZ2qO8Jn",
+	"cWj3Fl5LoBrnomHIDMJofFbZ0pTGCvylXU7w0ZFmdheryOIXzm4uzLhb3/tDTEZ9D6g2YHnfU1pIOsPN",
+	"JPTmPfCZjrzh42fPfC9hPP/7uGUh+8Xqpd5moPSFGXjre0Y2uHVYkiXe8Mf8P1zLfne8nlrcjt2Ebrxf",
+	"A2031t4wzlS0IdaQB5dA9PzZsyfPW8CisiAApSo0NhEiBsqbB3Ej2zb7WiQJ011M3EHE23Ogk7r4eNt2",
+	"SkVe1X304OvLg381ErT8ODo8+PztyH/+pE2k+t4JU/N3fCqaZwqLJXZ2qsJe6D4XU/OzLI435mIeXrNQ",
+	"R6OYJUw3NSaKMZKCJAoCwUOfHJGpkCTj+AAYsm2cpuCBozbhOmE6oekoESHCArgZ+bvHBXeyE7VmpqoH",
+	"LUHons4JZ0NWL3HTx75agbBVbO57SmQy2FSi6oxziJso0BGQNM5mjBORAlfEfBEyNX+kiHvGb3Co72WS",
+	"Nefik3A4GERC6aGxGweA5iMRkvBJ+NeMs5vhYOC+/X9KBHPQ//fs5cVPrWbbEhGupNk62gsItZGyNWmb",
+	"fBXEzFkqTfgIHi+IHUBoGEpQitA4FtcQ+uQ6Ak4mIuOtamYFu8JNyiSoEdU1GgiphgOUzn7rM273zV1+",
+	"fHVCHMQN/ZK948c/EEl5KBIyYVrtt01oVU2HdmxKGGfhtv7YRWHGcCViioT108XF2TnJ0pmkITj6IloQ",
+	"HTHlNt+2y17UdvovZz9/uiB7r16+/v/nFz+fjT6+Ohm9PPn19NPFu/PT/VYiaxgzZqUCzDUc+c5dyEHg",
+	"lzToTt5NbtvZQIyHoypZTilqOTe4DgwkUQNhcyJQmvGZo9hHqqDZhC5IIDg3e2tj6g1tIq3jkZXbqrbB",
+	"H54/PTryS/vl+dHTH/CLXKo9P2rVSQ3gvWExnHItF012ndUItyIcY8bnI03lDNqpNFcMzSeTTa3NTvMC",
+	"XbU7aejSbMwVmLH0Dc0xaYhwkZhzer4XURm6j4H5DFdGGMYimNuPUzYVrZouawdgu8HjfE9nQTqR62St",
+	"ta9n+P+k06q09mSXoUatMzba1oKpPd+2/NvXnyxfbMiDM0kDqBN5levmACnJuIQpSOABhCSIMj5XRIss",
+	"iCC0ck1CAFzHC7LnWIQUIurt69HbTy9fn/rk8VMS7W9q7rQxTelLVKjnCySZ53vxTdBKDPjML8o5ODSO",
+	"f556w9/XcIIZ/obNMgnKu/WXUbq127MG1VVnponpz7e+944HEhLgmsYvuboG2WVEq25iqBiOaDF22Yt9",
+	"jJR2z6Wyy39gVGozwuxxgg1m28oQbYtOtJ10exj9XUzaIjNGkkC4kd3UNyhQVw4Vwa2p1BuHIypBgz5x",
+	"FGe7Fn57ZdEO6GxlV+SH3NC5uTMINlpvWQ9tCJvSTqkaJsUnf61/fjiy/vnjdv+8mL/dSQ8QL5uRaKc1",
+	"8SUTmpYBxqXI50QB10PCBcFxbRqkxYPUQkLYNaf9lVjn3BnuITM2ZaBzBce0IrkpbDScU4B9lm83MSog",
+	"W9rfSvyeZZuq9JXg5FkcEwmJuALrCXcCtaqWzVN0EkMehV9z4uoO2g5XCaAvkZXj3GV0mbVJQoOIcTiQ",
+	"QEP8wkbEA8s5uTqb0HDkXASj1jjNdCQk+5qHWiYsDIGjNNKjqfNqE9CRCEfmK+f2GoQJPo1ZYJlpEQsa",
+	"jrQQo9iY3ji1ylLj+0A4SiBkdOSsxyCCYK6yZJQwlVAdRJjgUNl0ygLjr4xKJs84vaLMgtb3DOOITLu9",
+	"sSSNUX/iZgyoJaex53uS8hngXhXVTE0ZPv651TfXlMWtPMe40pR3OO4OfqMO31lpqjPV7mNopuP2STVa",
+	"mh1TFs7ADTXHRr4XmR5OYoqm/2rh6QBv1y7251tyaifAjMMHKudNEkzctzk9GQsYI2qGZTzkNQ2BQcrn",
+	"rbMKTiLgUp3b286eD+ViJDPe5k833WE824bzUxajKbc6SBmJTPYZF1N7wtWjEsF11Ge6a4B5n3ELoD22",
+	"1+Z8bBpB2Do30t8uRSy2kdF5JZi1k+wT3ARxpowfuoFidfrUxW9YqVVLpaqG5DqimoQQAwZ2mCZTCaDI",
+	"3tvTCzIo9PDgm2GdW5xsv58l0Gl11JKabVF73KyFFHEH02aXXBBDPgwkERxIRMOeOxEa1CbByFLUtOSQ",
+	"ylhLfe+xmLGAxqRIoPYzltqt+G0IGCSbssI0rG8OQ8k4YjEyUhrINVXECAGiQFd3u9KSrM7QkgMRRmNM",
+	"KYs7hHSXI+57VyLmrZUPlgwGtpTBDLG1C2s1k5P0+bwuxNqdryxiT5ZYqjSwdOxVDH+GVsc6wZ4wXv32",
+	"uOlG6Vwlrk12riTVNjl6XtgQS4GyQLOrFgTgnm0qAoUK1TQWMyKkZU0SiCwOCReaTIAYC7E1/ovWVs/4",
+	"pJVbPQeHEGbpSFLNRCdLWmlDBqRq/JO9I3sqLnSEok+53yvxfJ4lE7tOkYBe5qsFsZAzzyOs2vimtpG+",
+	"tRy57O07fsnz6hMJFprGHVJ4iOieshiIWigNCTEMgjlU6r42C74g8CWjmGnJFIT4+/kTn1xHLIhIRJWR",
+	"2gFNacD0op9UzNJwYxfXrL1aK27hPzqWyOHkVsmJuYqhZQwvYaOg6Tq91o7aJlYuqJrvJgQQGgHdpF4h",
+	"58T8RJQgUyqHzoAwbEz2QqbmJM3iWO37uTGRShGAMojemwW+0yj7PqYF0fZSZC81RnRPI6Fgq8aO7zMY",
+	"N2e828GqKTaZcW5+c7rNbrc1XNvOSghhw0iaqjm5ZnFMQuETZoVpxpk21lpo1ee98EZbPBDPn5/WEUdJ",
+	"5bV4SQ8KfS9mTSKNGXdVYRqStaa7m+Y94xXj3aNS0kXjBHbmFZvBWRobUvClr1SEm440tLPatwC7Wd1N",
+	"4BboOsAnA6VGyoOqeb/ys2UH3T3YupqYA9+NeNmm4KCrPqDTbShETI2suhInjnh8T4q4xtI0TBgvrD+M",
+	"MNA2c7WzINFNWdtRjWs6gb1VUH0b2LZUGR0//mFtIL4O4qX4ZSnhUZ6Z82DanwaaMP6CQJLqhbELE6aU",
+	"MagSoByrWTy/nxRoceB3jsYqBtfgKeyfsbSs1JKqzFmsWVMzASptdZoE7RMViWtufXVho91rGBtnbk9T",
+	"FpGDpkFk081EMR4A4tGMJZAKDJZuWBC327TuzDiz/VVGJbHcQi0djv3KCL0BR0Hlj5QN0L8gZR6kr5LO",
+	"3dzm9HhGxz+axopQiSa1q/Uylpjxy6maW1O6R47DyB4Hug5qqIK9Ke0LZ6u+2+WsTFmI0NOwu0PEigsi",
+	"dGSYoxmwIntTCRASNjWSxT1oHFSQYMNY1oHrscWGU7a0wSwx0xd7MO5Pz7jOigiXmxWjbkCDqF+cyydU",
+	"Y2LMCfwHcB83T9xValX28GiByLiGEAWaT4BfQSxSUITxIM7CnnhaNqRW+FzV6wuFw7XkiC3TZZsO+BW9",
+	"mu3SABuGqUUcghzpiPJRSBctgEeNUKZDudAkD/Shr42x0oTyBcHn14nsapnl8kJQ0vpk4Qo9GSdjrsY+",
+	"yeuLxu7DeL9naa2CIJNML87N8V0QHFVfcT0HQ0X2q2KCSOvUXsdhLg1e3+0rGsyVFilhilBMq2rIWcmW",
+	"6CF0zqS4ScQN+fX0kFwYSDFrvVwdk0+n5xeXPBBcS2PBYPBiYgsdz349dYXLviV0qqKJoDIklIdEpIrY",
+	"rajDS37JT69ALkhgpNEk02Q8iIDGOvo6xtHjgbFLFl/HhAOEioxfurQo3lcaklfWDLDxTVTq7nLW4SW/",
+	"iIAYQ4VQrKDGoAF38zBFZuwKuNnz+OZg4uBxYMaPyd4YzaMx+a///A8ytnBxf5jtjPdfXHJcDJkZ1yhG",
+	"CekGoXU3AeIK5okWFTffHt24w1aJjbtuYY3Lm1P75JrpiFDi8srjQIQwJgkkE5DmvCyByrEMGvbGZTnG",
+	"2M83af/cx4XRgHF2zQuUj4ooMCR8yQ3yFMgrkDjU7OPJkyc/Ekuw5gxF8rIkKRvvVZbOjg+PDo+QUVPg",
+	"NGXe0HtyeHT4xFUuIjkP0HqxRaEFmt6F3tB7C/okpx1v6S7b46OjpXtsxi0cRDqJ6xfXWi7FLanqgjxT",
+	"Zw0VCch2SVTso3LxzTeaKaFy4Q09Q3fXMCnp/tCAic6UEcDFCVF2LlGeN7RmuJlvQFM2cGA7XFB7rC4w",
+	"/ZwCf3n2bj2QqmSWT7oBrAxFuLVIKIIsMdPuAmJMFfNtD62r44ElcGuoCdUip58d/a2Mxhf8iHIQ70MI",
+	"Q+3GVEDz1eylDmzr27wqvSbUcq9EuFgB6c2uU9Zu593WNbiWGdw2sHy847XbUK9AGabGuygQ7gDpho4I",
+	"LQw4N71RO0aXWlN/zwksxpnerxKGc1tbiWKSn6FBFoNvLLwduJpkpJGshZ/OMm3B4G6iorAqb4V3uGnl",
+	"kMG7E+/2c1/auDnQVNYRVBh1E8YpXotuvdn7UDRRv5DbdsnXDnBG+I4kqNk6ZRykMUiMygGa+O5fYyKj",
+	"hWrUqqRcTUHujDwCvLlYlSBLEgB/LyTAlqTRW0pvhqvatcsWVNnD6Z1g6QOd2yBIYfdeMcUmMewOE3zK",
+	"Zuv59LUdt3M2RYsijSnja9XkOm582uUT7ohbrLi0AMssjHx0Nw/ghgZ6VxgJmZqrbtY4N8ZmcSX1XsXm",
+	"ZmxR7KkXsh7vbN08I9HCiWkWxwSt850QAYIe042Mz1CDYv4RzZmPr052SgCDb/ZuwO2gvFnoLNP6Ga2K",
+	"n2qQ9qRma5VbrAgC9GnG9l7okHyzMw4JYmZ8SF6apy/5+PjomJxfMx1gscGZFFoEIlZjG/iyV+eM/RBQ",
+	"KRkoc2abgncOjPVcL7m9emcdU3e7VkJMF8oFZ7Qg/zj98MsjRWIR0Di/t2nvxBovOJ/RTCWUC+dXNlAY",
+	"l3g6sG6V+/ORsolMZdaLxDVh2oyA0LpSdWYywDN0e5Hf9d2cm/y1o/Irz8s66djaD0sSq4B/msP/xfLx",
+	"ubiu4mAHlP3x1UntPioQLkJ4lN9KJXuvy9V/sfdX/fwD4ZNwU8Og9pO7EGsvtXazxbRoytAuGO0lu7va",
+	"DPflariWEr1k4+5MldrFwxYBmVcw7ICETnnY9DRy3yKIgfIs3X9hxFJAZagMW2Y8BqVIYS/tSoBOmYRr",
+	"ahs2rLZq3uQj/9euyYF2/wYOKy//dXMzXgusXBP8nji6cXvxgbm6ecezzfYBSawJ4RMO10RIkqldhN7+",
+	"iWVzaKRg+BX7iRidwSQJmdQLYttRFMx/lYyw9diogvideZKx6OG8vBf/sz2Xq69hlqQkBXlgmT0WswI9",
+	"EeVhDKNYzEZTFsNdMGOtBdVpq37EvADG8u3TQ0K5szEeKZvPwWxJQFM6YTHTC2OPYK0fRZJrM+LeM6VP",
+	"3cp35LpeaX3XRKVZBNYM2tiy2xwsd0fm+8p0eY5zTdVLFZ0SkKw2xSdymsVmDLY4qI6BE/z+NO8bshmj",
+	"FW0WW4I2LYzhLFJ752oXDPIJZyoJ8UXF1FaExpgcw5AssebSriC6zrN7IyQmmIwprtCHE5kmlEiRacjt",
+	"dGO5mymHzgesO3GXvJcX5ze9OJw4T0zx0CaqXBcgDjOhGdWO4hxGJguM6Rty7HK1LKq3dLa66eQ7cqQu",
+	"SnhgWABz37bvT2XdjdypPiTW05+aBd1JG8vDqlrkkld6FAZ6a7UL5UVNiLY0F9GyB8hUSDKuNRIZF51A",
+	"qsGDR6qlL8glx8YghAtZqQcTcWh0mKt7zl2OCcwo98lUiqR6C+SRuiw7lNhyD0X2uCCTLJiDJjFWiMz2",
+	"seB5QjVu2so5dYh5OLfAJXdOjSIsjO0tg1jwGSKZcncU6/a4y7qY0XUOjwEFk0q7nDmGKIwWlmCFeQXs",
+	"TrQ5wIILmmBNURtjYVTq7et7SpSVvWNum81OHyiM9/b1zoN4MyondGYIIo5zpnx69CO5jlgMGNqTGVdE",
+	"cEK5MXHxVDW2TCgzp8Z70q2saas/q+z3h5isCOzaZOTfxeSeMFl2zHjg3JY5UgtW/xAT4iqSd4DWl7mR",
+	"KzNuqUWRPeyIese0pkHaJgEoi8DvK2O1AgM7jADVUAA8dAgoYz8shCQVeqn+YEN8lObu4BtXtxXnr364",
+	"f9o6Hiwx8Mn47OfzC7LkQY7zSy5ljQJFf1qRZ0d/w5pAG9C+Q08Q47wEEWG6TXSfZbostWsQTVvja7V1",
+	"Y/NqD+97iovU+pI8cEyk3pOmo6yGV+sa76pHAGtZpPMemmXZZM9JN5uucFcOaqLIqoie2gPvrHVLH+wL",
+	"cU+qo9Zz4h4Q28vtLvty9PC8Eyrnu3C4X6ZpvCDY6U5msc1dVXBN9s5enQ+Mk6YgoVyzQG1mJLQIuFpV",
+	"dGsx2num9HmlyHgzZfPxHJNWba8EcHfPS8Ss7jTRPkneJ7GfeVm2B7izBuxFRUXfix5EVGLi7oT0uuFD",
+	"KYzLutC70mTPuCKjKxFnCdSpqNxHvwK95ZYY60M352Vf1w2JiWL3j15E1yu84+5H7ADi9mSElk6rs/CB",
+	"k6IlwSZwznnV7ywR/ZPAuDstWnJHNzdsjZqNyBmLl22jiiU9Z75+OEDvXpnWG3E8sJm0CsHuHjW5M6Lr",
+	"RhK2CsFghuM6JvgWXLdCvlWrTdex5rb1ppsQTodiNA9IUPXX7uR3Rb8q3Xo1dDNu36rQ1a9NgRvZvFR2",
+	"ydguyknvtVK1zE37RKT2+lO8IOYIBzm062UFm8brG6RW1kuuo7QtKyZ3qwo2SFLWMbim2PFhlMAqRBRl",
+	"kmtN5BMc+T2r5F6Wa/FWlB6WqwXODmwozPKLKaHk1w8VQ8qx0egqacbXVrJYT7yW1Y+VlPKqsOmWuce+",
+	"SK6V8O3eJKi9J6E1zn6847XaiMblrXYYk+XV13KIaVkyO8XICdLJTqXzEvFIer3y4htT80/0+t6pZjOr",
+	"IQIa4j1TZzZ8onxWd6jvZiOIQIM+cNr5ror+OhIxEJa4W32Pj54/1MqODyEk2PN2R3aGpNeWQvFINof7",
+	"08XFGdlDNJCire/+Tum2eOHeWmX2Bkf+CdarC0SXOCsbiw+8u9qtW6rE8hUpvXSihEALuSDAtWSwC/34",
+	"Mwq0fF7Uk6WlmmN5h8oR6WRQAeI6I9RA6LUb/ucRTXfG4jsSZdgwMF9oN6RhpnykigS+SO5GH/0kSVn7",
+	"vJ44tqx+/k58lPUly2Tv6dHTvIcmh/0/321x9arrULNNxep3ghWXBDYHfXBoF41jO+Gbt3+/vwibXaEt",
+	"gOp+2UEJC/ZkJnZCNKbTKzB/hb7LYENYyBsaRHCn+/6aolHtakC7IIuNQL+3wgfcVGt8Ss13gIgzKWb4",
+	"bjnU/LHgs4O8Ks2s0LfKYQXE18mLvLnlljfX2nQ2Ftq1W3pHm76h675xa47egt5YzIjtwbmDkut8Lotk",
+	"LNxz1y2NB8IDILYFMxkj5MbbYx273az0Ai7skIewrfN+gWvtatekZ4+DLXgFlrcMVHfXt+srJPyVcSF7",
+	"ivuJ2lT7ZT5wSV2tBWQXTvJIzgtXm2pQgi3EXR/HO5TBbFXAYgml52WCHHHra6JYuNLDWHrXFb7K/9h/",
+	"/rT1bf69UtQWuHdNVG8FwixvZ9mlD2y3yT+tJOQ+5b1rpNmSt1S76Sn1MsDycLzbP61X+VQb5uz7+M5u",
+	"/NysN9+o+qehAmyz8u4i/U/2DVc2nSrhIKIqAkXA9neLMj7PyxMVxFjgUKlJ3KNx7BMdCQVETC+57Zpn",
+	"zjXOB42N/RgOsGmfGdbo5Tde6gY43vexR+Qlr9dDong5JOegle0hma/wSJFx9V0VY6IFGYu5bepmX8wx",
+	"fnHJadGjV0gS0oTO8veLEuwmKOcQkgkNyR4W9sGNLnrrRVSTVIowC0ARpl35Jt44pjPK+D4e0gGtcaMh",
+	"f8UMZbEFM1PEqjbKL3nlCiOZUAW2WwEaBVjxyjgZYwf2sfU6K9Un9mydFfy2o+M9qap6u8g/r5LfYn7n",
+	"1fzUEand7n1W8rvGiatE8E9uyP152DRmV1DrXOkNf/+8fE+Qg1IvioJmCw5skmHfj4Bg6fIL8awJaMmC",
+	"le70Bzfk/s7qNpFXap9JkYCOIFPETEmcO7ITVy6f2C25nc9sW2mugtknO+L+QIZbMCB5dvRkQ3B0kJPZ",
+	"MrP0ZOVi27t2ihtM+Vt3KC9fuRNEEHYTW33psvvq75+NRWEviFlDJpMxJhzM926ub7mpUtTnFd9UCziL",
+	"L/MQa+WrqgSofJ17GMUXlV3ffr797wAAAP//",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

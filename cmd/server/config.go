@@ -7,8 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/secret"
 )
 
@@ -29,6 +32,16 @@ type Config struct {
 	EncryptionKeyFile string        // BACKSTOP_ENCRYPTION_KEY_FILE
 	LogFormat         string        // BACKSTOP_LOG_FORMAT: text or json
 	LogLevel          string        // BACKSTOP_LOG_LEVEL: debug, info, warn, error
+
+	// Maintenance (durations in Go notation: 90m, 24h). Schedules are off
+	// when unset; each runs on one replica at a time.
+	GCGrace             string // BACKSTOP_GC_GRACE: keep unreferenced chunks touched this recently
+	SessionTimeout      string // BACKSTOP_SESSION_TIMEOUT: GC discards idle open sessions this old
+	GCInterval          string // BACKSTOP_GC_INTERVAL
+	VerifyInterval      string // BACKSTOP_VERIFY_INTERVAL
+	VerifyOlderThanDays string // BACKSTOP_VERIFY_OLDER_THAN_DAYS: scheduled verify skips snapshots verified more recently
+	PruneInterval       string // BACKSTOP_PRUNE_INTERVAL
+	PruneKeep           string // BACKSTOP_PRUNE_KEEP: e.g. keep-last=3,keep-daily=7,keep-weekly=4
 }
 
 // DefaultConfig returns the defaults of architecture.md.
@@ -39,6 +52,9 @@ func DefaultConfig() Config {
 		DataDir:   "./backstop-data",
 		LogFormat: "text",
 		LogLevel:  "info",
+
+		GCGrace:        "24h",
+		SessionTimeout: "36h",
 	}
 }
 
@@ -65,6 +81,13 @@ func (c *Config) settings() []setting {
 		{name: "encryption-key-file", usage: "file with a 32-byte key (raw or 64 hex digits) for AES-256-GCM chunks", str: &c.EncryptionKeyFile},
 		{name: "log-format", usage: "log format: text or json", str: &c.LogFormat},
 		{name: "log-level", usage: "log level: debug, info, warn or error", str: &c.LogLevel},
+		{name: "gc-grace", usage: "GC keeps unreferenced chunks touched this recently (e.g. 24h)", str: &c.GCGrace},
+		{name: "session-timeout", usage: "GC discards open backup sessions idle this long (e.g. 36h)", str: &c.SessionTimeout},
+		{name: "gc-interval", usage: "run GC this often (off when empty)", str: &c.GCInterval},
+		{name: "verify-interval", usage: "run a verify this often (off when empty)", str: &c.VerifyInterval},
+		{name: "verify-older-than-days", usage: "scheduled verify: only snapshots not verified for this many days (0: all)", str: &c.VerifyOlderThanDays},
+		{name: "prune-interval", usage: "prune every namespace this often with --prune-keep (off when empty)", str: &c.PruneInterval},
+		{name: "prune-keep", usage: "scheduled prune: keep-last=N,keep-hourly=N,keep-daily=N,keep-weekly=N,keep-monthly=N,keep-yearly=N", str: &c.PruneKeep},
 	}
 }
 
@@ -131,7 +154,56 @@ func (c Config) Validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
+	if _, _, err := c.maintenance(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// maintenance returns the GC settings and the maintenance schedule.
+func (c Config) maintenance() (backup.GCConfig, backup.Schedule, error) {
+	var errs []error
+	// dur parses a duration; "" is 0 (off) unless the setting is required.
+	dur := func(env, v string, required bool) time.Duration {
+		if v == "" && !required {
+			return 0
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			errs = append(errs, fmt.Errorf("%s %q: want a duration such as 90m or 24h", env, v))
+		}
+		return d
+	}
+	gc := backup.DefaultGCConfig()
+	gc.Grace = dur("BACKSTOP_GC_GRACE", c.GCGrace, true)
+	gc.SessionTimeout = dur("BACKSTOP_SESSION_TIMEOUT", c.SessionTimeout, true)
+	if c.SessionTimeout != "" && gc.SessionTimeout == 0 {
+		errs = append(errs, errors.New("BACKSTOP_SESSION_TIMEOUT must be positive"))
+	}
+	sch := backup.Schedule{
+		GCInterval:     dur("BACKSTOP_GC_INTERVAL", c.GCInterval, false),
+		VerifyInterval: dur("BACKSTOP_VERIFY_INTERVAL", c.VerifyInterval, false),
+		PruneInterval:  dur("BACKSTOP_PRUNE_INTERVAL", c.PruneInterval, false),
+		Location:       time.Local,
+	}
+	if c.VerifyOlderThanDays != "" {
+		n, err := strconv.Atoi(c.VerifyOlderThanDays)
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("BACKSTOP_VERIFY_OLDER_THAN_DAYS %q: want a number of days", c.VerifyOlderThanDays))
+		}
+		sch.VerifyOlderThan = time.Duration(n) * 24 * time.Hour
+	}
+	switch {
+	case c.PruneKeep != "":
+		keep, err := backup.ParseKeepOptions(c.PruneKeep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("BACKSTOP_PRUNE_KEEP: %s", backup.Detail(err)))
+		}
+		sch.PruneKeep = keep
+	case sch.PruneInterval > 0:
+		errs = append(errs, errors.New("BACKSTOP_PRUNE_INTERVAL needs BACKSTOP_PRUNE_KEEP"))
+	}
+	return gc, sch, errors.Join(errs...)
 }
 
 func parseLevel(s string) (slog.Level, error) {

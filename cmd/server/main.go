@@ -93,7 +93,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		return err
 	}
 
-	backups := backup.NewService(log, backup.DefaultServiceConfig(), cat, store, store, nbd.Opener{})
+	gcCfg, schedule, err := cfg.maintenance()
+	if err != nil {
+		return err
+	}
+	svcCfg := backup.DefaultServiceConfig()
+	svcCfg.GC = gcCfg
+	backups := backup.NewService(log, svcCfg, cat, store, store, nbd.Opener{})
 	defer backups.Close() // after the HTTP server: cancels and waits for running pulls
 
 	var tlsConfig *tls.Config
@@ -161,6 +167,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	})
 	g.Go(func() error { return nbdServer.Serve(gctx, nbdLn) })
 	g.Go(func() error { status.Run(gctx); return nil })
+	g.Go(func() error { backups.RunSchedule(gctx, schedule); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)

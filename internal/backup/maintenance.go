@@ -53,7 +53,7 @@ func (s *Service) startMaintenance(ctx context.Context, kind, ns string, gap tim
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer lock.Unlock()
+		defer lock.Unlock() // idempotent; runMaintenance unlocks when fn is done
 		s.runMaintenance(s.ctx, task, lock, fn)
 	}()
 	return task, nil
@@ -75,6 +75,9 @@ func (s *Service) runMaintenance(ctx context.Context, task Task, lock Lock, fn m
 	stop := s.heartbeat(ctx, task.ID, p)
 	err := fn(ctx, lock, p, tlog)
 	stop()
+	// Free the kind before the task shows as finished, so a client that
+	// sees it end may start the next one at once.
+	lock.Unlock()
 	state, msg := TaskOK, ""
 	if err != nil {
 		state, msg = TaskError, err.Error()

@@ -46,6 +46,9 @@ func (h *handler) CreateBackup(ctx context.Context, req api.CreateBackupRequestO
 		}
 	}
 	s.Name = backup.SnapshotName(s.Type, s.VMID, s.BackupTime)
+	if err := h.backups.CheckQuota(ctx, ns); err != nil {
+		return nil, err
+	}
 	created, err := h.catalog.CreateSnapshot(ctx, s)
 	if err != nil {
 		return nil, err

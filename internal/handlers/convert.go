@@ -53,6 +53,7 @@ func toAPISnapshot(s backup.Snapshot) api.Snapshot {
 		Notes:       s.Notes,
 		Protected:   s.Protected,
 		VerifyState: api.SnapshotVerifyState(s.VerifyState),
+		VerifiedAt:  s.VerifiedAt,
 		Storage:     &storage,
 	}
 }

@@ -58,6 +58,9 @@ func problemFor(err error) (status int, code, detail string) {
 	case errors.Is(err, backup.ErrConflict):
 		return http.StatusConflict, codeConflict, backup.Detail(err)
 	case errors.Is(err, backup.ErrStorageFull):
+		if d := backup.Detail(err); d != "" {
+			return http.StatusInsufficientStorage, codeStorageFull, d // a quota, named with its figures
+		}
 		return http.StatusInsufficientStorage, codeStorageFull, "the repository is full or over its quota"
 	case errors.Is(err, backup.ErrUnavailable):
 		return http.StatusServiceUnavailable, codeUnavailable, "a backend (catalog or chunk store) is unavailable; retry later"

@@ -46,7 +46,11 @@ func (h *handler) GetSnapshot(ctx context.Context, req api.GetSnapshotRequestObj
 	if err != nil {
 		return nil, err
 	}
-	return api.GetSnapshot200JSONResponse(toAPISnapshot(s)), nil
+	out, err := h.snapshotDetail(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return api.GetSnapshot200JSONResponse(out), nil
 }
 
 func (h *handler) PatchSnapshot(ctx context.Context, req api.PatchSnapshotRequestObject) (api.PatchSnapshotResponseObject, error) {
