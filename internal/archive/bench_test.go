@@ -82,6 +82,27 @@ func BenchmarkIngest(b *testing.B) {
 	}
 }
 
+// BenchmarkRestore measures Restore of the same stream from an in-memory
+// store, which verifies each chunk's SHA-256 on Get:
+//
+//	go test -run '^$' -bench Restore -benchtime 5x -count 5 ./internal/archive/
+func BenchmarkRestore(b *testing.B) {
+	var buf bytes.Buffer
+	if err := containerTar(&buf, 256<<20, 1); err != nil {
+		b.Fatal(err)
+	}
+	s := newTestStore()
+	res, _ := mustIngest(b, s, buf.Bytes(), archive.DefaultConfig())
+	b.SetBytes(res.Size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := archive.Restore(context.Background(), io.Discard, res.Indexes, s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // TestIngest_Memory streams a 1 GiB tar (generated while it is read, never
 // held whole) through Ingest and samples the heap: it must stay far below
 // the stream size, at the bound Ingest documents.

@@ -46,13 +46,14 @@ func modifyLarge(t testing.TB, tr *tree, frac float64, n int, r *rand.Rand, src 
 }
 
 // modifySmall rewrites whole small files, picked at random, until frac of
-// the tree's bytes have changed; with clustered, it picks neighbours
-// (files of one directory), as a package upgrade would.
+// the tree's bytes have changed; with clustered, it picks the files of one
+// directory (in name order, which is not tar's), as a package upgrade
+// would.
 func modifySmall(t testing.TB, tr *tree, frac float64, clustered bool, r *rand.Rand, src *rand.ChaCha8) int {
 	t.Helper()
 	var done int64
 	n := 0
-	i := r.IntN(len(tr.small))
+	i := r.IntN(len(tr.small)/smallFiles.fanout) * smallFiles.fanout
 	for done < int64(float64(tr.bytes)*frac) {
 		if !clustered {
 			i = r.IntN(len(tr.small))
@@ -106,8 +107,10 @@ func TestIngest_Dedup(t *testing.T) {
 		{"mixed ~200 MiB", treeSpec{large: []int{24 << 20, 20 << 20, 16 << 20, 16 << 20, 12 << 20, 12 << 20, 8 << 20, 8 << 20, 8 << 20, 8 << 20},
 			small: 2000, smallMin: 1, smallMax: 64 << 10, fanout: 50, extras: true},
 			"default", archive.DefaultConfig(), large, 0.01, 0.05},
-		{"3000 small files ~25 MiB", smallFiles, "chunk sizes / 16", scaledConfig(16), cluster, 0.02, 0.05},
-		{"3000 small files ~25 MiB", smallFiles, "chunk sizes / 16", scaledConfig(16), scattered, 0.02, 0.15},
+		// A changed small file costs at least one payload chunk; at chunk
+		// sizes / 32 the 25 MiB tree has the chunks of an 800 MiB one.
+		{"3000 small files ~25 MiB", smallFiles, "chunk sizes / 32", scaledConfig(32), cluster, 0.02, 0.05},
+		{"3000 small files ~25 MiB", smallFiles, "chunk sizes / 32", scaledConfig(32), scattered, 0.02, 0.12},
 		{"3000 small files ~25 MiB", smallFiles, "default", archive.DefaultConfig(), cluster, 0.02, 0.30},
 	}
 	for i, tt := range tests {

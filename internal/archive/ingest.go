@@ -94,7 +94,8 @@ type Result struct {
 // Ingest reads a tar stream from r as it arrives and stores it as three
 // chunked streams (see the package documentation), calling onEntries with
 // the catalog entries in stream order, cfg.Batch at a time (the slices
-// are not reused). It returns when the stream is consumed to its end.
+// are not reused; onEntries may be nil). It returns when the stream is
+// consumed to its end.
 //
 // Memory is bounded whatever the stream size: a 2 × Max chunking buffer per
 // stream, one member's headers (at most cfg.MaxHeader), one read buffer,
@@ -112,6 +113,9 @@ type Result struct {
 func Ingest(ctx context.Context, r io.Reader, w Writers, cfg Config, onEntries func([]Entry) error) (Result, error) {
 	if err := cfg.validate(); err != nil {
 		return Result{}, err
+	}
+	if onEntries == nil {
+		onEntries = func([]Entry) error { return nil }
 	}
 	in := &ingester{ctx: ctx, cfg: cfg, onEntries: onEntries, drain: make([]byte, 256<<10)}
 	var err error
@@ -162,7 +166,7 @@ type ingester struct {
 
 func (in *ingester) run() error {
 	for {
-		if err := in.ctx.Err(); err != nil {
+		if err := in.checkCtx(); err != nil {
 			return err
 		}
 		// Members start on block boundaries, so the previous member's
@@ -252,7 +256,7 @@ func (in *ingester) data(off int64, path []byte) (int64, error) {
 	in.rec.data(in.payload)
 	defer in.rec.header()
 	for {
-		if err := in.ctx.Err(); err != nil {
+		if err := in.checkCtx(); err != nil {
 			return 0, err
 		}
 		_, err := in.tr.Read(in.drain)
@@ -304,7 +308,7 @@ func (in *ingester) finish(raw []byte, start int64) error {
 	}
 	in.rec.data(in.payload)
 	for {
-		if err := in.ctx.Err(); err != nil {
+		if err := in.checkCtx(); err != nil {
 			return err
 		}
 		_, err := in.rec.Read(in.drain)
@@ -329,6 +333,13 @@ func (in *ingester) finish(raw []byte, start int64) error {
 	}
 	if len(in.batch) > 0 {
 		return in.flushEntries()
+	}
+	return nil
+}
+
+func (in *ingester) checkCtx() error {
+	if err := in.ctx.Err(); err != nil {
+		return fmt.Errorf("archive: ingest stopped at offset %d: %w", in.rec.off, err)
 	}
 	return nil
 }

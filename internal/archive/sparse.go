@@ -177,7 +177,7 @@ func (in *ingester) sparseData(hdr *tar.Header, head []byte, kind sparseKind, of
 	in.rec.data(in.payload)
 	defer in.rec.header()
 	for left := physical; left > 0; {
-		if err := in.ctx.Err(); err != nil {
+		if err := in.checkCtx(); err != nil {
 			return 0, err
 		}
 		n, err := in.rec.Read(in.drain[:min(int64(len(in.drain)), left)])

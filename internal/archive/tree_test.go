@@ -177,6 +177,8 @@ func addExtras(t testing.TB, tr *tree, src *rand.ChaCha8) {
 	} else {
 		must(unix.Mknod(filepath.Join(d, "loop9"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 9))))
 	}
+	// Zeros written as data, not holes: all-zero payload chunks.
+	must(os.WriteFile(filepath.Join(d, "var/zeros.img"), make([]byte, 3<<20), 0o644))
 	addSparse(t, tr, src)
 	addOwnersAndXattrs(t, tr)
 }
