@@ -231,7 +231,7 @@ SKIP: {
             is($a[1], $b[1], 'hard link kept');
             my @sp = stat("$target/var/lib/app/sparse.img");
             cmp_ok($sp[12] * 512, '<', $sp[7], 'sparse file stays sparse');
-            is(run_out('getfattr', '--only-values', '-n', 'user.backstop', "$target/etc/hostname"), 'kept', 'xattr kept');
+            is(run_out('getfattr', '--absolute-names', '--only-values', '-n', 'user.backstop', "$target/etc/hostname"), 'kept', 'xattr kept');
         };
     }
 }

@@ -240,10 +240,15 @@ sub pct_extract {
     die "multi-volume archive\n" if grep { /^M/ } @members;
     my @cmd = ('tar', 'xpf', '-', @comp, '--totals', @PVE::Storage::Plugin::COMMON_TAR_FLAGS,
         '-C', $rootdir, '--skip-old-files', '--anchored', '--exclude', './dev/*');
+    # PVE opens the file as root and hands it to the namespaced tar as its
+    # standard input (lxc-usernsexec … tar xpf -): the file itself need not
+    # be readable from inside the namespace.
+    open(my $in, '<', $file) or die "$file: $!\n";
     my $err = BackstopTest::run_in_userns(sub {
-        open(STDIN, '<', $file) or die "$file: $!\n";
+        open(STDIN, '<&', $in) or die "dup $file: $!\n";
         BackstopTest::run_out(@cmd);
     }, $idmap);
+    close($in);
     die "extract failed: $err" if defined($err);
 }
 
