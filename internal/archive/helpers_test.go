@@ -196,3 +196,10 @@ func firstDiff(a, b []byte) int {
 	}
 	return -1
 }
+
+// The HTTP layer passes backup.ChunkWriters as sinks and a backup.ChunkStore
+// as getter.
+var (
+	_ archive.ChunkSink   = (*backup.ChunkWriter)(nil)
+	_ archive.ChunkGetter = (backup.ChunkStore)(nil)
+)

@@ -17,8 +17,8 @@ const (
 	opBits     = 3
 )
 
-// Decoder limits: what the encoder writes never comes near them, and they
-// keep a damaged stream from expanding without bound.
+// Decoder limits: the encoder stays within them, and they keep a damaged
+// stream from expanding without bound.
 const (
 	blockSize = 512
 	maxZeros  = blockSize - 1 // zeros only ever stand for block padding
