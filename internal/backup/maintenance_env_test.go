@@ -38,9 +38,9 @@ type env struct {
 	store  *chunkstore.Store
 	faulty *backuptest.FaultyChunkStore // the store as the service sees it
 	svc    *backup.Service
-	dir   string // the bucket's directory in versitygw's root
-	disks *memDisks
-	hook  atomic.Pointer[func(stage string)]
+	dir    string // the bucket's directory in versitygw's root
+	disks  *memDisks
+	hook   atomic.Pointer[func(stage string)]
 }
 
 // newEnv opens a fresh catalog and bucket. Restores read past no cache, so a

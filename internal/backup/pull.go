@@ -82,7 +82,7 @@ type pullCatalog interface {
 
 // pullStats are the figures of one pull. Read is updated while it runs.
 type pullStats struct {
-	Total    int64        // bytes to read from the source
+	Total    atomic.Int64 // bytes to read from the source; the progress reporter reads it while the pull runs
 	Read     atomic.Int64 // bytes read so far
 	NewBytes int64        // stored bytes of the chunks this pull uploaded
 	NewCount int64
@@ -143,7 +143,7 @@ func (p *puller) run(ctx context.Context) (*FixedIndex, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.stats.Total = total
+	p.stats.Total.Store(total)
 
 	nbufs := p.cfg.Readers + p.cfg.Uploaders + p.cfg.Slack
 	bufs := make(chan []byte, nbufs)

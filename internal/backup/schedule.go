@@ -24,6 +24,9 @@ type Schedule struct {
 	PruneInterval time.Duration
 	PruneKeep     KeepOptions
 	Location      *time.Location
+	// Check is how often each replica asks whether a run is due; 0 means a
+	// tenth of the interval, within 10 s and 5 min.
+	Check time.Duration
 }
 
 // errNotDue says a scheduled run was skipped: one of its kind started
@@ -59,17 +62,20 @@ func (s *Service) RunSchedule(ctx context.Context, sch Schedule) {
 		if k.every <= 0 {
 			continue
 		}
-		wg.Go(func() { s.scheduleLoop(ctx, k.kind, k.every, k.start) })
+		tick := sch.Check
+		if tick <= 0 {
+			tick = min(max(k.every/10, 10*time.Second), 5*time.Minute)
+		}
+		wg.Go(func() { s.scheduleLoop(ctx, k.kind, k.every, tick, k.start) })
 	}
 	wg.Wait()
 }
 
-// scheduleLoop checks every tenth of the interval (10 s to 5 min) whether a
-// run of kind is due, starting with a random delay so replicas that start
-// together do not all ask at once.
-func (s *Service) scheduleLoop(ctx context.Context, kind string, every time.Duration,
+// scheduleLoop checks every tick whether a run of kind is due, starting
+// after a random delay so replicas that start together do not all ask at
+// once.
+func (s *Service) scheduleLoop(ctx context.Context, kind string, every, tick time.Duration,
 	start func(context.Context, time.Duration) (Task, error)) {
-	tick := min(max(every/10, 10*time.Second), 5*time.Minute)
 	wait := rand.N(tick)
 	for {
 		t := time.NewTimer(wait)

@@ -394,7 +394,7 @@ func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req 
 		log.InfoContext(ctx, "disk pull done", "bytes", stats.Read.Load(), "new_bytes", disk.NewBytes, "duration", el)
 	}
 	fctx := context.WithoutCancel(ctx)
-	if err := s.catalog.UpdateTaskProgress(fctx, task.ID, stats.Read.Load(), max(stats.Total, stats.Read.Load())); err != nil {
+	if err := s.catalog.UpdateTaskProgress(fctx, task.ID, stats.Read.Load(), max(stats.Total.Load(), stats.Read.Load())); err != nil {
 		log.WarnContext(ctx, "task progress", "err", err)
 	}
 	if err := s.catalog.FinishTask(fctx, task.ID, state, msg); err != nil {
@@ -483,7 +483,7 @@ func (s *Service) reportProgress(ctx context.Context, taskID string, stats *pull
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				total := stats.Total
+				total := stats.Total.Load()
 				if total == 0 {
 					total = size // extent map not known yet
 				}

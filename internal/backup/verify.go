@@ -106,21 +106,30 @@ func (s *Service) runVerify(ctx context.Context, f VerifyFilter, p *taskProgress
 	v := &verifier{s: s, checked: map[ChunkID]bool{}, p: p}
 	for _, c := range cands {
 		why, err := v.snapshot(ctx, c)
+		if errors.Is(err, errDeleted) {
+			continue
+		}
 		if err != nil {
 			return res, err
 		}
 		state := VerifyOK
 		if why != "" {
 			state = VerifyFailed
+		}
+		err = s.catalog.SetVerifyState(ctx, c.ID, state)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted meanwhile (a prune): its index may be gone too
+		}
+		if err != nil {
+			return res, err
+		}
+		res.Snapshots++
+		if why != "" {
 			res.Failed = append(res.Failed, c.Name)
 			tlog("snapshot %s in %s FAILED: %s", c.Name, c.Namespace, why)
 		}
-		err = s.catalog.SetVerifyState(ctx, c.ID, state)
-		if err != nil && !errors.Is(err, ErrNotFound) { // deleted meanwhile: nothing to record
-			return res, err
-		}
 	}
-	res.Snapshots, res.Chunks, res.Bytes, res.Bad = len(cands), v.chunks.Load(), v.bytes.Load(), v.bad
+	res.Chunks, res.Bytes, res.Bad = v.chunks.Load(), v.bytes.Load(), v.bad
 	if len(v.bad) > 0 {
 		// Snapshots outside this run that share a bad chunk are just as
 		// broken; they must not serve as incremental bases either.
@@ -138,6 +147,9 @@ func (s *Service) runVerify(ctx context.Context, f VerifyFilter, p *taskProgress
 		float64(res.Bytes)/(1<<20)/max(el.Seconds(), 1e-3), len(res.Bad))
 	return res, nil
 }
+
+// errDeleted says a snapshot was deleted while it was being verified.
+var errDeleted = errors.New("backup: snapshot deleted during verification")
 
 // verifier is the state of one verify run.
 type verifier struct {
@@ -159,7 +171,7 @@ func (v *verifier) snapshot(ctx context.Context, c VerifyCandidate) (string, err
 	}
 	counted, err := v.s.catalog.SnapshotRefs(ctx, c.ID)
 	if errors.Is(err, ErrNotFound) {
-		return "", nil // deleted meanwhile
+		return "", errDeleted
 	}
 	if err != nil {
 		return "", err
@@ -213,13 +225,20 @@ func (v *verifier) snapshot(ctx context.Context, c VerifyCandidate) (string, err
 // they reference, or why they cannot be trusted.
 func (v *verifier) indexRefs(ctx context.Context, snap Snapshot) ([]ChunkID, string, error) {
 	disks, err := v.s.catalog.ListDisks(ctx, snap.ID)
-	if err != nil {
-		return nil, "", err
+	if err == nil {
+		var archives []Archive
+		if archives, err = v.s.catalog.ListArchives(ctx, snap.ID); err == nil {
+			return v.loadIndexes(ctx, disks, archives)
+		}
 	}
-	archives, err := v.s.catalog.ListArchives(ctx, snap.ID)
-	if err != nil {
-		return nil, "", err
+	if errors.Is(err, ErrNotFound) {
+		return nil, "", errDeleted
 	}
+	return nil, "", err
+}
+
+// loadIndexes loads the indexes of a snapshot's disks and archives.
+func (v *verifier) loadIndexes(ctx context.Context, disks []Disk, archives []Archive) ([]ChunkID, string, error) {
 	var all []ChunkID
 	for _, d := range disks {
 		idx, err := v.s.loadFixedIndex(ctx, d)
