@@ -207,6 +207,7 @@ type Catalog interface {
 	ChunkCatalog
 	TaskCatalog
 	MaintenanceCatalog
+	FileCatalog
 	Stats(ctx context.Context) (RepositoryStats, error)
 	// Ping checks that the backend answers (readiness).
 	Ping(ctx context.Context) error

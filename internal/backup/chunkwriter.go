@@ -154,7 +154,8 @@ func (w *ChunkWriter) flush() error {
 	return w.recordDone()
 }
 
-// recordDone records the uploads finished so far.
+// recordDone records the uploads finished so far. It runs under the
+// writer's context, not the uploads' (which ends when they are waited for).
 func (w *ChunkWriter) recordDone() error {
 	w.mu.Lock()
 	rec := w.record
@@ -163,7 +164,7 @@ func (w *ChunkWriter) recordDone() error {
 	if len(rec) == 0 {
 		return nil
 	}
-	if err := w.catalog.AddChunks(w.gctx, rec); err != nil {
+	if err := w.catalog.AddChunks(w.ctx, rec); err != nil {
 		return fmt.Errorf("record chunks: %w", err)
 	}
 	return nil

@@ -125,6 +125,7 @@ type Service struct {
 
 	mu    sync.Mutex
 	pulls map[pullKey]*runningPull // guarded by mu
+	bases map[pullKey]string       // guarded by mu; base snapshot id per answered query incremental
 
 	exports *exportRegistry
 }
@@ -225,11 +226,14 @@ func (s *Service) StartPull(ctx context.Context, session Snapshot, req PullReque
 	}
 	var base *FixedIndex
 	if req.BitmapMode == BitmapReuse {
-		_, disk, err := s.IncrementalBase(ctx, session, req.Device, req.Size)
+		baseSnap, disk, err := s.IncrementalBase(ctx, session, req.Device, req.Size)
 		if errors.Is(err, ErrNotFound) {
 			return Task{}, Errorf(ErrConflict, "bitmap_mode reuse for %s, but there is no base to build on (%s); the bitmap must be recreated (new)", req.Device, Detail(err))
 		}
 		if err != nil {
+			return Task{}, err
+		}
+		if err := s.checkBase(session, req.Device, baseSnap); err != nil {
 			return Task{}, err
 		}
 		if base, err = s.loadBase(ctx, disk); err != nil {
@@ -503,6 +507,7 @@ func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error
 	if session.State != SnapshotOpen {
 		return Snapshot{}, Errorf(ErrConflict, "backup %s is already committed as %s", session.ID, session.Name)
 	}
+	defer s.dropBases(session.ID)
 	tasks, err := s.catalog.ListTasks(ctx, session.ID)
 	if err != nil {
 		return Snapshot{}, err
@@ -547,14 +552,7 @@ func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error
 		newBytes += d.NewBytes
 	}
 	for _, a := range archives {
-		b, err := s.objects.GetObject(ctx, a.IndexKey)
-		if err != nil {
-			return Snapshot{}, fmt.Errorf("backup: load index of archive %s: %w", a.Name, err)
-		}
-		if sha256.Sum256(b) != a.IndexSum {
-			return Snapshot{}, fmt.Errorf("backup: index of archive %s does not match its checksum: %w", a.Name, ErrChecksum)
-		}
-		idx, err := UnmarshalDynamicIndex(b)
+		idx, err := s.loadArchiveIndex(ctx, a)
 		if err != nil {
 			return Snapshot{}, err
 		}
@@ -570,6 +568,7 @@ func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error
 // uploaded stay until GC finds them unreferenced.
 func (s *Service) Discard(ctx context.Context, session Snapshot) error {
 	s.CancelPulls(session.ID)
+	s.dropBases(session.ID)
 	keys, err := s.indexKeys(ctx, session.ID)
 	if err != nil {
 		return err

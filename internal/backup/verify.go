@@ -2,7 +2,6 @@ package backup
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -251,14 +250,7 @@ func (v *verifier) loadIndexes(ctx context.Context, disks []Disk, archives []Arc
 		all = append(all, idx.Refs()...)
 	}
 	for _, a := range archives {
-		b, err := v.s.objects.GetObject(ctx, a.IndexKey)
-		if err == nil && sha256.Sum256(b) != a.IndexSum {
-			err = Errorf(ErrChecksum, "index does not match its catalog checksum")
-		}
-		var idx *DynamicIndex
-		if err == nil {
-			idx, err = UnmarshalDynamicIndex(b)
-		}
+		idx, err := v.s.loadArchiveIndex(ctx, a)
 		if damaged(err) {
 			return nil, fmt.Sprintf("index of archive %s: %v", a.Name, err), nil
 		}

@@ -11,55 +11,12 @@ import (
 	"github.com/backstop-pve/backstop/internal/backup"
 )
 
-// FileType is the kind of a file catalog entry, from its tar header.
-type FileType string
-
-const (
-	FileRegular  FileType = "file"
-	FileDir      FileType = "dir"
-	FileSymlink  FileType = "symlink"
-	FileHardlink FileType = "hardlink" // LinkTarget names the file it shares data with
-	FileCharDev  FileType = "chardev"
-	FileBlockDev FileType = "blockdev"
-	FileFIFO     FileType = "fifo"
-)
-
-// Valid reports whether t is a known file type.
-func (t FileType) Valid() bool {
-	switch t {
-	case FileRegular, FileDir, FileSymlink, FileHardlink, FileCharDev, FileBlockDev, FileFIFO:
-		return true
-	}
-	return false
-}
-
-// FileEntry is one entry of a container archive's file catalog.
-//
-// TODO: move to internal/backup (as backup.FileEntry) once the tar parser
-// and handlers use it.
-type FileEntry struct {
-	Archive string // archive the entry belongs to; set by ListFiles, ignored by AddFiles
-	// Path is absolute and clean: "/" or "/etc/hosts", no "." or ".."
-	// components, no trailing or doubled "/", no NUL. It is bytes because
-	// Linux names need not be UTF-8.
-	Path       []byte
-	Type       FileType
-	Size       int64 // content bytes (regular files)
-	Mode       int64 // permission and special bits, as in the tar header
-	UID, GID   int64
-	ModTime    time.Time
-	LinkTarget []byte // symlink target, or the path a hard link points to; nil otherwise
-	// Offset is where the entry's first header block (PAX and GNU
-	// long-name headers included) starts in the archive stream: a tar
-	// reader started there yields this entry.
-	Offset int64
-}
-
 // AddFiles adds catalog entries of archive to an open session, in one COPY.
 // Entries may come in several calls while the archive streams, before the
-// archive itself is added. A path listed twice in an archive is
-// ErrConflict; an unclean path is ErrInvalid.
-func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files []FileEntry) error {
+// archive itself is added. A path may be listed more than once; two
+// entries at the same stream offset are ErrConflict, an unclean path is
+// ErrInvalid.
+func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files []backup.FileEntry) error {
 	uid, ok := parseID(snapshotID)
 	if !ok {
 		return wrapf(notFoundSession(snapshotID), "add files to snapshot %s", snapshotID)
@@ -89,16 +46,17 @@ func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files 
 		}
 		_, err = tx.CopyFrom(ctx, pgx.Identifier{"files"},
 			[]string{"snapshot_id", "archive", "path", "parent", "type", "size", "mode", "uid", "gid",
-				"mtime", "mtime_nsec", "link_target", "stream_offset"},
+				"mtime", "mtime_nsec", "link_target", "stream_offset", "meta_offset", "payload_offset", "volatile_offset"},
 			pgx.CopyFromSlice(len(files), func(i int) ([]any, error) {
 				f := &files[i]
 				return []any{uid, archive, f.Path, parentDir(f.Path), string(f.Type), f.Size, f.Mode,
-					f.UID, f.GID, f.ModTime.Unix(), int32(f.ModTime.Nanosecond()), f.LinkTarget, f.Offset}, nil
+					f.UID, f.GID, f.ModTime.Unix(), int32(f.ModTime.Nanosecond()), f.LinkTarget, f.Offset,
+					f.MetaOffset, f.PayloadOffset, f.VolatileOffset}, nil
 			}))
 		return err
 	})
 	if pgCode(err) == "23505" {
-		err = because(conflict("archive %s of snapshot %s lists a path twice", archive, snapshotID), err)
+		err = because(conflict("archive %s of snapshot %s has two entries at one stream offset", archive, snapshotID), err)
 	}
 	if err != nil {
 		return wrapf(err, "add %d files to snapshot %s", len(files), snapshotID)
@@ -106,13 +64,13 @@ func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files 
 	return nil
 }
 
-func checkFile(f *FileEntry) error {
+func checkFile(f *backup.FileEntry) error {
 	switch {
 	case !cleanPath(f.Path):
 		return invalid("file path %q: want an absolute path without ., .., empty components or NUL", f.Path)
 	case !f.Type.Valid():
 		return invalid("file %q: unknown type %q", f.Path, f.Type)
-	case f.Size < 0 || f.Offset < 0:
+	case f.Size < 0 || f.Offset < 0 || f.MetaOffset < 0 || f.PayloadOffset < 0 || f.VolatileOffset < 0:
 		return invalid("file %q: negative size or offset", f.Path)
 	}
 	return nil
@@ -147,45 +105,49 @@ func parentDir(p []byte) []byte {
 	return p[:i]
 }
 
-const fileCols = `archive, path, type, size, mode, uid, gid, mtime, mtime_nsec, link_target, stream_offset`
+const fileCols = `archive, path, type, size, mode, uid, gid, mtime, mtime_nsec, link_target, stream_offset,
+	meta_offset, payload_offset, volatile_offset`
 
 // ListFiles returns the entries directly inside dir (a clean absolute
-// path) in all archives of a snapshot, ordered by archive and path. A
-// missing snapshot is ErrNotFound; a missing directory is an empty list.
-func (s *Store) ListFiles(ctx context.Context, snapshotID string, dir []byte) ([]FileEntry, error) {
+// path) in all archives of a snapshot, one per path (the one latest in its
+// archive's stream, as tar extraction keeps), ordered by archive and path.
+// A missing snapshot is ErrNotFound; a missing directory is an empty list.
+func (s *Store) ListFiles(ctx context.Context, snapshotID string, dir []byte) ([]backup.FileEntry, error) {
 	if !cleanPath(dir) {
 		return nil, wrapf(invalid("directory %q: want an absolute path without ., .. or empty components", dir),
 			"list files of snapshot %s", snapshotID)
 	}
-	return listAttached(ctx, s, snapshotID, "files", `SELECT `+fileCols+` FROM files
-		WHERE snapshot_id = $1 AND parent = $2 ORDER BY archive, path`, scanFile, dir)
+	return listAttached(ctx, s, snapshotID, "files", `SELECT DISTINCT ON (archive, path) `+fileCols+` FROM files
+		WHERE snapshot_id = $1 AND parent = $2 ORDER BY archive, path, stream_offset DESC`, scanFile, dir)
 }
 
-// StatFile returns the entry for path in archive of a snapshot.
-func (s *Store) StatFile(ctx context.Context, snapshotID, archive string, path []byte) (FileEntry, error) {
+// StatFile returns the entry of path in a snapshot: the latest one in the
+// last archive (by name) that has it.
+func (s *Store) StatFile(ctx context.Context, snapshotID string, path []byte) (backup.FileEntry, error) {
 	uid, ok := parseID(snapshotID)
 	if !ok {
-		return FileEntry{}, wrapf(notFoundSession(snapshotID), "stat file in snapshot %s", snapshotID)
+		return backup.FileEntry{}, wrapf(notFoundSession(snapshotID), "stat file in snapshot %s", snapshotID)
 	}
 	rows, _ := s.pool.Query(ctx, `SELECT `+fileCols+` FROM files
-		WHERE snapshot_id = $1 AND archive = $2 AND path = $3`, uid, archive, path)
+		WHERE snapshot_id = $1 AND path = $2 ORDER BY archive DESC, stream_offset DESC LIMIT 1`, uid, path)
 	f, err := pgx.CollectExactlyOneRow(rows, scanFile)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = because(notFound("file %q not found in snapshot %s", path, snapshotID), err)
 	}
 	if err != nil {
-		return FileEntry{}, wrapf(err, "stat file in snapshot %s", snapshotID)
+		return backup.FileEntry{}, wrapf(err, "stat file in snapshot %s", snapshotID)
 	}
 	return f, nil
 }
 
-func scanFile(r pgx.CollectableRow) (FileEntry, error) {
-	var f FileEntry
+func scanFile(r pgx.CollectableRow) (backup.FileEntry, error) {
+	var f backup.FileEntry
 	var typ string
 	var sec int64
 	var nsec int32
-	err := r.Scan(&f.Archive, &f.Path, &typ, &f.Size, &f.Mode, &f.UID, &f.GID, &sec, &nsec, &f.LinkTarget, &f.Offset)
-	f.Type = FileType(typ)
+	err := r.Scan(&f.Archive, &f.Path, &typ, &f.Size, &f.Mode, &f.UID, &f.GID, &sec, &nsec, &f.LinkTarget, &f.Offset,
+		&f.MetaOffset, &f.PayloadOffset, &f.VolatileOffset)
+	f.Type = backup.FileType(typ)
 	f.ModTime = time.Unix(sec, int64(nsec)).UTC()
 	return f, err
 }

@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"errors"
 
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
@@ -86,12 +85,12 @@ func (h *handler) QueryIncremental(ctx context.Context, req api.QueryIncremental
 		if s.Type != backup.GuestQemu {
 			continue
 		}
-		_, _, err := h.backups.IncrementalBase(ctx, s, dev, q.Size)
-		switch {
-		case err == nil:
-			out.Devices[dev] = api.IncrementalAnswerDevicesUse
-		case !errors.Is(err, backup.ErrNotFound):
+		use, err := h.backups.AnswerIncremental(ctx, s, dev, q.Size)
+		if err != nil {
 			return nil, err
+		}
+		if use {
+			out.Devices[dev] = api.IncrementalAnswerDevicesUse
 		}
 	}
 	return out, nil
