@@ -112,6 +112,9 @@ func TestIngest_Dedup(t *testing.T) {
 		{"3000 small files ~25 MiB", smallFiles, "chunk sizes / 32", scaledConfig(32), cluster, 0.02, 0.05},
 		{"3000 small files ~25 MiB", smallFiles, "chunk sizes / 32", scaledConfig(32), scattered, 0.02, 0.12},
 		{"3000 small files ~25 MiB", smallFiles, "default", archive.DefaultConfig(), cluster, 0.02, 0.30},
+		// At the default chunk sizes, a tree of small files the size of a
+		// small real container (10,000 files of 1–16 KiB, ~85 MiB).
+		{"10000 small files ~85 MiB", manySmallFiles, "default", archive.DefaultConfig(), cluster, 0.02, 0.05},
 	}
 	for i, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%s/%s", tt.name, tt.cfgName, tt.change.name), func(t *testing.T) {
@@ -155,7 +158,10 @@ func TestIngest_Dedup(t *testing.T) {
 	}
 }
 
-var smallFiles = treeSpec{small: 3000, smallMin: 1 << 10, smallMax: 16 << 10, fanout: 100}
+var (
+	smallFiles     = treeSpec{small: 3000, smallMin: 1 << 10, smallMax: 16 << 10, fanout: 100}
+	manySmallFiles = treeSpec{small: 10000, smallMin: 1 << 10, smallMax: 16 << 10, fanout: 100}
+)
 
 type change struct {
 	name string

@@ -99,10 +99,17 @@
 //
 // # Chunking
 //
-// Payload ([chunker.DefaultParams], 512 KiB / 1 MiB / 4 MiB): the data of
-// a member of at least Min bytes starts and ends a chunk, so its chunks do
+// Payload ([PayloadParams], 64 KiB / 256 KiB / 4 MiB): the data of a
+// member of at least Min bytes starts and ends a chunk, so its chunks do
 // not depend on what precedes it; smaller members are cut across, and an
-// unchanged run of small files resynchronises like any CDC stream.
+// unchanged run of small files resynchronises like any CDC stream. The
+// average is a quarter of the disk chunker's: a changed small file costs a
+// whole payload chunk, and at 1 MiB a 1% change to the files of an 85 MiB
+// tree of small files (tar's readdir order scatters "neighbouring" files)
+// stored 10% new bytes, at 256 KiB 3.1%; large files gain too (1% changed
+// in 3 files: 3.5% → 1.6% new). The price is four times the objects for
+// file data, which the chunk writer's batched lookups and parallel
+// uploads absorb.
 //
 // Meta ([MetaParams], 32 / 64 / 256 KiB): a record is about 1.3 KiB, so a
 // changed member makes some 64 KiB of meta stream new rather than a

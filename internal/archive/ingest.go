@@ -19,9 +19,13 @@ import (
 // typical container, so it adds fewer objects than its size suggests.
 var MetaParams = chunker.Params{Min: 32 << 10, Avg: 64 << 10, Max: 256 << 10}
 
+// PayloadParams are the default chunk sizes of the payload stream: 64 KiB
+// / 256 KiB / 4 MiB (see the package documentation, Chunking).
+var PayloadParams = chunker.Params{Min: 64 << 10, Avg: 256 << 10, Max: 4 << 20}
+
 // Config sets the chunk sizes of the three streams and Ingest's limits.
 type Config struct {
-	Payload  chunker.Params // member data; default chunker.DefaultParams
+	Payload  chunker.Params // member data; default PayloadParams
 	Meta     chunker.Params // records; default MetaParams
 	Volatile chunker.Params // volatile fields; default chunker.DefaultParams
 	// MaxHeader bounds the header bytes of one member (PAX headers, GNU
@@ -35,7 +39,7 @@ type Config struct {
 // DefaultConfig returns the production configuration.
 func DefaultConfig() Config {
 	return Config{
-		Payload:   chunker.DefaultParams,
+		Payload:   PayloadParams,
 		Meta:      MetaParams,
 		Volatile:  chunker.DefaultParams,
 		MaxHeader: 8 << 20,
