@@ -51,12 +51,18 @@ type ChunkWriterStats struct {
 	NewBytes  int64 // stored bytes uploaded (envelopes included)
 }
 
+// chunkWriterBatch caps a ChunkWriter's dedup batch (and so its buffers).
+const chunkWriterBatch = 32
+
 // NewChunkWriter returns a writer whose uploads run under ctx.
 func NewChunkWriter(ctx context.Context, chunks ChunkStore, catalog pullCatalog, cfg PullConfig) *ChunkWriter {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cfg.Uploaders)
-	n := cfg.Uploaders + cfg.DedupBatch
-	w := &ChunkWriter{ctx: ctx, chunks: chunks, catalog: catalog, batch: cfg.DedupBatch, reserveWait: cfg.ReserveWait,
+	// A stream's dedup batch is small: its buffers are held while the
+	// batch fills, and three streams of one archive write at once.
+	batch := min(cfg.DedupBatch, chunkWriterBatch)
+	n := cfg.Uploaders + batch
+	w := &ChunkWriter{ctx: ctx, chunks: chunks, catalog: catalog, batch: batch, reserveWait: cfg.ReserveWait,
 		bufs: make(chan []byte, n), seen: map[ChunkID]bool{}, uploads: g, gctx: gctx}
 	for range n {
 		w.bufs <- nil
