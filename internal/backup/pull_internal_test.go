@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
 // fakeSource is a disk whose content is computed: slot i holds the
@@ -183,34 +183,11 @@ func TestPull_MemoryBounded(t *testing.T) {
 	src := &fakeSource{size: 1 << 30, slotSize: 4 * mib, failAt: -1, content: func(slot int64) uint64 { return uint64(slot)*7919 + 1 }}
 	cat := &memCatalog{rows: map[ChunkID]bool{}}
 	p := newTestPuller(src, &countingStore{}, cat)
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var m runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-		}
-	}()
-	_, err := p.run(context.Background())
-	close(stop)
-	<-sampled
+	var err error
+	grew := testenv.HeapGrowth(func() { _, err = p.run(context.Background()) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	grew := int64(peak.Load()) - int64(base.HeapInuse)
 	t.Logf("heap grew by %d MiB pulling 1 GiB", grew/mib)
 	if grew > 128*mib {
 		t.Fatalf("heap grew by %d MiB pulling 1 GiB; the pipeline should hold about 48 MiB", grew/mib)

@@ -5,10 +5,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"runtime"
-	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
 // TestContainer_UploadMemoryBounded streams a 384 MiB tar and checks the
@@ -43,32 +42,9 @@ func TestContainer_UploadMemoryBounded(t *testing.T) {
 		}
 		pw.CloseWithError(tw.Close())
 	}()
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var m runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-		}
-	}()
-	r := s.putArchive(bk, b.ID, pr)
-	close(stop)
-	<-sampled
+	var r response
+	grew := testenv.HeapGrowth(func() { r = s.putArchive(bk, b.ID, pr) })
 	wantStatus(t, r, http.StatusCreated)
-	grew := int64(peak.Load()) - int64(base.HeapInuse)
 	t.Logf("heap grew by %d MiB while 384 MiB streamed in", grew>>20)
 	if grew > 128<<20 {
 		t.Fatalf("heap grew by %d MiB while a 384 MiB tar streamed in: the body is being held", grew>>20)
