@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 )
 
@@ -77,13 +78,61 @@ func (s *Service) CheckQuota(ctx context.Context, ns string) error {
 	if n.QuotaBytes == nil {
 		return nil
 	}
-	used, err := s.catalog.NamespaceStoredBytes(ctx, ns)
+	used, err := s.stored.get(ctx, ns, s.now(), s.catalog.NamespaceStoredBytes)
 	if err != nil {
 		return err
 	}
 	if used >= *n.QuotaBytes {
-		return Errorf(ErrStorageFull, "namespace %s stores %d bytes and its quota is %d bytes; prune or delete snapshots (and run GC), or raise the quota",
+		return Errorf(ErrStorageFull, "namespace %s stores %d bytes and its quota is %d bytes; prune or delete snapshots, or raise the quota",
 			ns, used, *n.QuotaBytes)
 	}
 	return nil
+}
+
+// storedTTL is how long a namespace's stored bytes serve quota checks.
+// Counting them reads every reference of the namespace (about a second per
+// two million), too slow for every backup start; a commit or delete through
+// this replica forgets the figure at once, one through another replica
+// shows within storedTTL.
+const storedTTL = time.Minute
+
+// storedCache keeps namespaces' stored bytes for quota checks. The zero
+// value is ready to use.
+type storedCache struct {
+	mu sync.Mutex
+	m  map[string]storedEntry // guarded by mu
+}
+
+type storedEntry struct {
+	bytes int64
+	at    time.Time
+}
+
+// get returns the namespace's stored bytes, counted by count when the
+// cached figure is missing or older than storedTTL.
+func (c *storedCache) get(ctx context.Context, ns string, now time.Time, count func(context.Context, string) (int64, error)) (int64, error) {
+	c.mu.Lock()
+	e, ok := c.m[ns]
+	c.mu.Unlock()
+	if ok && now.Sub(e.at) < storedTTL {
+		return e.bytes, nil
+	}
+	n, err := count(ctx, ns)
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]storedEntry{}
+	}
+	c.m[ns] = storedEntry{bytes: n, at: now}
+	return n, nil
+}
+
+// forget drops a namespace's figure after its snapshots changed.
+func (c *storedCache) forget(ns string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, ns)
 }

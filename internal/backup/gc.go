@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Garbage collection is driven by the catalog's reference counts: no LIST of
@@ -31,8 +34,10 @@ type GCConfig struct {
 	// crashed backup does not hold the cutoff back forever.
 	SessionTimeout time.Duration
 	// Batch is how many chunks are claimed and deleted at once (S3 deletes
-	// up to 1000 objects per request).
-	Batch int
+	// up to 1000 objects per request); Parallel is how many batches are
+	// being deleted at once.
+	Batch    int
+	Parallel int
 	// DeleteTimeout bounds the deletion of one batch's objects, and
 	// StaleClaim is the age at which a claim counts as left by a GC that
 	// died. StaleClaim must exceed DeleteTimeout by a margin: a delete
@@ -43,9 +48,9 @@ type GCConfig struct {
 }
 
 // DefaultGCConfig returns the defaults: 24 h grace, 36 h session timeout,
-// batches of 1000.
+// batches of 1000, 8 deleted at once.
 func DefaultGCConfig() GCConfig {
-	return GCConfig{Grace: 24 * time.Hour, SessionTimeout: 36 * time.Hour, Batch: 1000,
+	return GCConfig{Grace: 24 * time.Hour, SessionTimeout: 36 * time.Hour, Batch: 1000, Parallel: 8,
 		DeleteTimeout: 5 * time.Minute, StaleClaim: 15 * time.Minute}
 }
 
@@ -95,7 +100,9 @@ func (s *Service) runGC(ctx context.Context, lock Lock, grace time.Duration, p *
 			break
 		}
 		p.total.Add(int64(len(batch)))
-		if err := s.collect(ctx, lock, batch, p, &res); err != nil {
+		n, size, err := s.collect(ctx, lock, batch, p)
+		res.Chunks, res.Bytes = res.Chunks+n, res.Bytes+size
+		if err != nil {
 			return res, err
 		}
 		tlog("finished %d chunk deletions left by an interrupted GC", len(batch))
@@ -115,13 +122,25 @@ func (s *Service) runGC(ctx context.Context, lock Lock, grace time.Duration, p *
 	tlog("collecting chunks unreferenced and untouched since %s (grace %s): %d chunks, %s",
 		cutoff.Format(time.RFC3339), grace, todo, formatBytes(todoBytes))
 	s.hook("gc:cutoff")
+	if err := s.collectAll(ctx, lock, cutoff, p, &res); err != nil {
+		return res, err
+	}
+	el := s.now().Sub(start)
+	tlog("removed %d chunks, freed %s in %.1fs", res.Chunks, formatBytes(res.Bytes), el.Seconds())
+	return res, nil
+}
+
+// collectAll claims batches in id order and deletes them, Parallel at a
+// time: the claims are quick, the object deletes are what takes time.
+func (s *Service) collectAll(ctx context.Context, lock Lock, cutoff time.Time, p *taskProgress, res *GCResult) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(s.cfg.GC.Parallel, 1))
+	var mu sync.Mutex // guards res while batches run
 	var after ChunkID
+	var err error
 	for {
-		batch, err := s.catalog.ClaimChunks(ctx, cutoff, after, s.cfg.GC.Batch)
-		if err != nil {
-			return res, err
-		}
-		if len(batch) == 0 {
+		var batch []ChunkInfo
+		if batch, err = s.catalog.ClaimChunks(gctx, cutoff, after, s.cfg.GC.Batch); err != nil || len(batch) == 0 {
 			break
 		}
 		for _, c := range batch {
@@ -130,13 +149,18 @@ func (s *Service) runGC(ctx context.Context, lock Lock, grace time.Duration, p *
 			}
 		}
 		s.hook("gc:claimed")
-		if err := s.collect(ctx, lock, batch, p, &res); err != nil {
-			return res, err
-		}
+		g.Go(func() error {
+			n, size, err := s.collect(gctx, lock, batch, p)
+			mu.Lock()
+			res.Chunks, res.Bytes = res.Chunks+n, res.Bytes+size
+			mu.Unlock()
+			return err
+		})
 	}
-	el := s.now().Sub(start)
-	tlog("removed %d chunks, freed %s in %.1fs", res.Chunks, formatBytes(res.Bytes), el.Seconds())
-	return res, nil
+	if werr := g.Wait(); werr != nil {
+		return werr // the cause; a claim that failed after it saw only the cancellation
+	}
+	return err
 }
 
 // discardAbandoned discards open sessions older than the session timeout
@@ -169,14 +193,14 @@ func (s *Service) discardAbandoned(ctx context.Context, tlog func(string, ...any
 // objects go only while the GC lock is certainly held. When they cannot be
 // deleted, the claims are released and the chunks marked bad: some objects
 // may be gone, so dedup must not trust any of them until stored again.
-func (s *Service) collect(ctx context.Context, lock Lock, batch []ChunkInfo, p *taskProgress, res *GCResult) error {
+func (s *Service) collect(ctx context.Context, lock Lock, batch []ChunkInfo, p *taskProgress) (chunks, bytes int64, err error) {
 	ids := make([]ChunkID, len(batch))
 	var size int64
 	for i, c := range batch {
 		ids[i] = c.ID
 		size += c.StoredSize
 	}
-	err := lock.Check(ctx)
+	err = lock.Check(ctx)
 	if err == nil {
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.GC.DeleteTimeout)
 		err = s.chunks.Delete(dctx, ids)
@@ -190,20 +214,18 @@ func (s *Service) collect(ctx context.Context, lock Lock, batch []ChunkInfo, p *
 		if rerr := s.catalog.ReleaseChunks(fctx, ids); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("release claims: %w", rerr))
 		}
-		return fmt.Errorf("delete %d chunk objects: %w", len(ids), err)
+		return 0, 0, fmt.Errorf("delete %d chunk objects: %w", len(ids), err)
 	}
 	s.hook("gc:deleted")
 	n, err := s.catalog.ForgetChunks(fctx, ids)
 	if err != nil {
-		return fmt.Errorf("forget %d deleted chunks: %w", len(ids), err)
+		return 0, 0, fmt.Errorf("forget %d deleted chunks: %w", len(ids), err)
 	}
 	if n != int64(len(ids)) {
 		s.log.WarnContext(ctx, "gc: some claimed chunk rows were already gone", "claimed", len(ids), "forgotten", n)
 	}
-	res.Chunks += int64(len(ids))
-	res.Bytes += size
 	p.done.Add(int64(len(ids)))
-	return nil
+	return int64(len(ids)), size, nil
 }
 
 // reserveChunks reserves chunks before their upload, waiting while GC is

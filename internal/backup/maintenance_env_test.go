@@ -33,7 +33,7 @@ import (
 const testChunk = 64 << 10
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	cat    *catalog.Store
 	store  *chunkstore.Store
 	faulty *backuptest.FaultyChunkStore // the store as the service sees it
@@ -46,7 +46,7 @@ type env struct {
 // newEnv opens a fresh catalog and bucket. Restores read past no cache, so a
 // deleted chunk cannot hide behind one. tune, when given, adjusts the
 // service's configuration.
-func newEnv(t *testing.T, tune ...func(*backup.ServiceConfig)) *env {
+func newEnv(t testing.TB, tune ...func(*backup.ServiceConfig)) *env {
 	t.Helper()
 	ctx := context.Background()
 	s3 := testenv.S3(t)
@@ -87,7 +87,7 @@ func newEnv(t *testing.T, tune ...func(*backup.ServiceConfig)) *env {
 	return e
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))

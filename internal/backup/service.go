@@ -127,6 +127,8 @@ type Service struct {
 	pulls map[pullKey]*runningPull // guarded by mu
 	bases map[pullKey]string       // guarded by mu; base snapshot id per answered query incremental
 
+	stored storedCache // namespaces' stored bytes, for quota checks
+
 	exports *exportRegistry
 }
 
@@ -560,7 +562,11 @@ func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error
 		size += a.Size
 		newBytes += a.NewBytes
 	}
-	return s.catalog.CommitSnapshot(ctx, session.ID, size, newBytes, refs)
+	snap, err := s.catalog.CommitSnapshot(ctx, session.ID, size, newBytes, refs)
+	if err == nil {
+		s.stored.forget(session.Namespace)
+	}
+	return snap, err
 }
 
 // Discard removes an open session: its running pulls are stopped, its
@@ -591,6 +597,7 @@ func (s *Service) Delete(ctx context.Context, snap Snapshot) error {
 	if err := s.catalog.DeleteSnapshot(ctx, snap.Namespace, snap.Name); err != nil {
 		return err
 	}
+	s.stored.forget(snap.Namespace)
 	s.deleteObjects(ctx, keys)
 	return nil
 }
