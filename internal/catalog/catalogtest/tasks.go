@@ -248,9 +248,11 @@ func testFailStaleTasks(t *testing.T, c backup.Catalog) {
 	if n, err := c.FailStaleTasks(ctx, time.Hour); err != nil || n != 0 {
 		t.Fatalf("FailStaleTasks(1h) = %d, %v; nothing is an hour old", n, err)
 	}
-	time.Sleep(30 * time.Millisecond)
+	// Wide margins: the suite runs in parallel on loaded machines, and the
+	// fresh task must not age past staleAfter before the call.
+	time.Sleep(3 * time.Second)
 	fresh := mustTask(t, c, backup.Task{Kind: "backup-disk", Total: 10})
-	n, err := c.FailStaleTasks(ctx, 20*time.Millisecond)
+	n, err := c.FailStaleTasks(ctx, 2*time.Second)
 	if err != nil || n != 1 {
 		t.Fatalf("FailStaleTasks = %d, %v; want the one old running task", n, err)
 	}
