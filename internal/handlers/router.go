@@ -10,6 +10,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -91,6 +92,11 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 	}
 	strict := api.NewStrictHandlerWithOptions(h, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				h.writeProblem(w, r, tooLarge) // 413 with the limit
+				return
+			}
 			h.writeProblem(w, r, backup.Errorf(backup.ErrInvalid, "%s", firstLine(err.Error())))
 		},
 		ResponseErrorHandlerFunc: h.writeProblem,
