@@ -123,6 +123,7 @@ func (s *Service) runGC(ctx context.Context, lock Lock, grace time.Duration, p *
 		cutoff.Format(time.RFC3339), grace, todo, formatBytes(todoBytes))
 	s.hook("gc:cutoff")
 	if err := s.collectAll(ctx, lock, cutoff, p, &res); err != nil {
+		tlog("removed %d chunks, freed %s before it stopped", res.Chunks, formatBytes(res.Bytes))
 		return res, err
 	}
 	el := s.now().Sub(start)

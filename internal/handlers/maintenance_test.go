@@ -617,3 +617,21 @@ func (s *testServer) catalogStored(ns string) int64 {
 	}
 	return n
 }
+
+// TestMaintenance_409WhileRunningElsewhere: while another replica holds
+// the GC (or verify) lock, POST /gc (/verify) answers 409; once it is
+// released, the task starts.
+func TestMaintenance_409WhileRunningElsewhere(t *testing.T) {
+	s := newTestServer(t)
+	for _, kind := range []string{backup.TaskGC, backup.TaskVerify} {
+		lock, ok, err := s.catalog.TryLock(context.Background(), kind)
+		if err != nil || !ok {
+			t.Fatalf("TryLock(%s): %v, %v", kind, ok, err)
+		}
+		wantProblem(t, s.doJSON("POST", "/api/v1/"+kind, adminToken, map[string]any{}), http.StatusConflict, "conflict")
+		lock.Unlock()
+		if tv, log := s.runTask(adminToken, "/api/v1/"+kind, map[string]any{}); tv.State != "ok" {
+			t.Fatalf("%s after the lock was released: %+v\n%s", kind, tv, log)
+		}
+	}
+}
