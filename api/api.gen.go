@@ -24,6 +24,27 @@ import (
 	openapi_types "github.com/oapi-codegen/runtime/types"
 )
 
+// Defines values for BackupRunState.
+const (
+	BackupRunStateFailed  BackupRunState = "failed"
+	BackupRunStateOk      BackupRunState = "ok"
+	BackupRunStateRunning BackupRunState = "running"
+)
+
+// Valid indicates whether the value is a known member of the BackupRunState enum.
+func (e BackupRunState) Valid() bool {
+	switch e {
+	case BackupRunStateFailed:
+		return true
+	case BackupRunStateOk:
+		return true
+	case BackupRunStateRunning:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for DiskPullBitmapMode.
 const (
 	DiskPullBitmapModeNew   DiskPullBitmapMode = "new"
@@ -312,6 +333,27 @@ func (e GetSnapshotArchiveParamsCompress) Valid() bool {
 	}
 }
 
+// Defines values for ListTasksParamsState.
+const (
+	ListTasksParamsStateError   ListTasksParamsState = "error"
+	ListTasksParamsStateOk      ListTasksParamsState = "ok"
+	ListTasksParamsStateRunning ListTasksParamsState = "running"
+)
+
+// Valid indicates whether the value is a known member of the ListTasksParamsState enum.
+func (e ListTasksParamsState) Valid() bool {
+	switch e {
+	case ListTasksParamsStateError:
+		return true
+	case ListTasksParamsStateOk:
+		return true
+	case ListTasksParamsStateRunning:
+		return true
+	default:
+		return false
+	}
+}
+
 // ArchiveResult defines model for ArchiveResult.
 type ArchiveResult struct {
 	Files    int64 `json:"files"`
@@ -341,6 +383,37 @@ type BackupFinish struct {
 	Error   *string `json:"error,omitempty"`
 	Success bool    `json:"success"`
 }
+
+// BackupRun defines model for BackupRun.
+type BackupRun struct {
+	// Error why the run failed
+	Error      *string    `json:"error,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+
+	// Id the session id
+	Id openapi_types.UUID `json:"id"`
+
+	// Name the snapshot name the session reserved
+	Name string `json:"name"`
+
+	// NewBytes bytes the run stored that no earlier one had
+	NewBytes int64  `json:"new_bytes"`
+	Ns       string `json:"ns"`
+
+	// Size logical bytes (committed runs)
+	Size int64 `json:"size"`
+
+	// SnapshotAvailable the committed snapshot still exists
+	SnapshotAvailable bool           `json:"snapshot_available"`
+	StartedAt         time.Time      `json:"started_at"`
+	State             BackupRunState `json:"state"`
+	Storage           string         `json:"storage"`
+	Type              GuestType      `json:"type"`
+	Vmid              int            `json:"vmid"`
+}
+
+// BackupRunState defines model for BackupRunState.
+type BackupRunState string
 
 // CommitResult defines model for CommitResult.
 type CommitResult struct {
@@ -633,11 +706,20 @@ type Task struct {
 	FinishedAt *time.Time         `json:"finished_at,omitempty"`
 	Id         openapi_types.UUID `json:"id"`
 	Kind       string             `json:"kind"`
-	State      TaskState          `json:"state"`
+
+	// Ns namespace; empty for maintenance tasks
+	Ns *string `json:"ns,omitempty"`
+
+	// Snapshot name of the snapshot or session the task works on, while it exists
+	Snapshot *string   `json:"snapshot,omitempty"`
+	State    TaskState `json:"state"`
 
 	// Total work the task will do, in the unit of done
 	Total     int64     `json:"total"`
 	UpdatedAt time.Time `json:"updated_at"`
+
+	// Vmid guest of that snapshot or session
+	Vmid *int `json:"vmid,omitempty"`
 }
 
 // TaskState defines model for Task.State.
@@ -774,6 +856,17 @@ type NS = Namespace
 // Name defines model for Name.
 type Name = string
 
+// ListBackupRunsParams defines parameters for ListBackupRuns.
+type ListBackupRunsParams struct {
+	Ns    *NS             `form:"ns,omitempty" json:"ns,omitempty"`
+	Vmid  *int            `form:"vmid,omitempty" json:"vmid,omitempty"`
+	State *BackupRunState `form:"state,omitempty" json:"state,omitempty"`
+
+	// Since only runs started at or after this time
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+	Limit *int       `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
 // PutBackupConfigTextBody defines parameters for PutBackupConfig.
 type PutBackupConfigTextBody = string
 
@@ -852,6 +945,20 @@ type GetSnapshotLogParams struct {
 	Ns *NS `form:"ns,omitempty" json:"ns,omitempty"`
 }
 
+// ListTasksParams defines parameters for ListTasks.
+type ListTasksParams struct {
+	Ns    *NS                   `form:"ns,omitempty" json:"ns,omitempty"`
+	State *ListTasksParamsState `form:"state,omitempty" json:"state,omitempty"`
+	Kind  *string               `form:"kind,omitempty" json:"kind,omitempty"`
+
+	// Since only tasks created at or after this time
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+	Limit *int       `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
+// ListTasksParamsState defines parameters for ListTasks.
+type ListTasksParamsState string
+
 // GetTaskLogParams defines parameters for GetTaskLog.
 type GetTaskLogParams struct {
 	Since *int64 `form:"since,omitempty" json:"since,omitempty"`
@@ -916,6 +1023,9 @@ type ServerInterface interface {
 	// GetOpenAPI This document.
 	// (GET /api/openapi.yaml)
 	GetOpenAPI(w http.ResponseWriter, r *http.Request)
+	// ListBackupRuns History of backup runs (sessions), newest first, failures included.
+	// (GET /api/v1/backups)
+	ListBackupRuns(w http.ResponseWriter, r *http.Request, params ListBackupRunsParams)
 	// CreateBackup Open a backup session for one guest (backup_init).
 	// (POST /api/v1/backups)
 	CreateBackup(w http.ResponseWriter, r *http.Request)
@@ -1012,6 +1122,9 @@ type ServerInterface interface {
 	// GetStatus Storage status for pvestatd, answered from a cache.
 	// (GET /api/v1/status)
 	GetStatus(w http.ResponseWriter, r *http.Request)
+	// ListTasks Tasks, newest first.
+	// (GET /api/v1/tasks)
+	ListTasks(w http.ResponseWriter, r *http.Request, params ListTasksParams)
 	// GetTask Progress of a long-running task.
 	// (GET /api/v1/tasks/{id})
 	GetTask(w http.ResponseWriter, r *http.Request, id ID)
@@ -1057,6 +1170,12 @@ func (_ Unimplemented) GetDashboard(w http.ResponseWriter, r *http.Request) {
 // GetOpenAPI This document.
 // (GET /api/openapi.yaml)
 func (_ Unimplemented) GetOpenAPI(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListBackupRuns History of backup runs (sessions), newest first, failures included.
+// (GET /api/v1/backups)
+func (_ Unimplemented) ListBackupRuns(w http.ResponseWriter, r *http.Request, params ListBackupRunsParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1248,6 +1367,12 @@ func (_ Unimplemented) GetStatus(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// ListTasks Tasks, newest first.
+// (GET /api/v1/tasks)
+func (_ Unimplemented) ListTasks(w http.ResponseWriter, r *http.Request, params ListTasksParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // GetTask Progress of a long-running task.
 // (GET /api/v1/tasks/{id})
 func (_ Unimplemented) GetTask(w http.ResponseWriter, r *http.Request, id ID) {
@@ -1333,6 +1458,91 @@ func (siw *ServerInterfaceWrapper) GetOpenAPI(w http.ResponseWriter, r *http.Req
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.GetOpenAPI(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListBackupRuns operation middleware
+func (siw *ServerInterfaceWrapper) ListBackupRuns(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListBackupRunsParams
+
+	// ------------- Optional query parameter "ns" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "ns", r.URL.Query(), &params.Ns, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "ns"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "ns", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "vmid" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "vmid", r.URL.Query(), &params.Vmid, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "vmid"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "vmid", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "state" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "state", r.URL.Query(), &params.State, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "state"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "state", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListBackupRuns(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2398,6 +2608,91 @@ func (siw *ServerInterfaceWrapper) GetStatus(w http.ResponseWriter, r *http.Requ
 	handler.ServeHTTP(w, r)
 }
 
+// ListTasks operation middleware
+func (siw *ServerInterfaceWrapper) ListTasks(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListTasksParams
+
+	// ------------- Optional query parameter "ns" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "ns", r.URL.Query(), &params.Ns, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "ns"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "ns", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "state" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "state", r.URL.Query(), &params.State, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "state"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "state", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "kind" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "kind", r.URL.Query(), &params.Kind, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "kind"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "kind", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListTasks(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // GetTask operation middleware
 func (siw *ServerInterfaceWrapper) GetTask(w http.ResponseWriter, r *http.Request) {
 
@@ -2760,6 +3055,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Post(options.BaseURL+"/api/v1/jobs/{id}/finish", wrapper.FinishJob)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/api/v1/backups", wrapper.ListBackupRuns)
+	})
+	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/api/v1/backups", wrapper.CreateBackup)
 	})
 	r.Group(func(r chi.Router) {
@@ -2788,6 +3086,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/api/v1/backups/{id}/finish", wrapper.FinishBackup)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/api/v1/tasks", wrapper.ListTasks)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/api/v1/tasks/{id}", wrapper.GetTask)
@@ -2950,6 +3251,45 @@ type GetOpenAPIdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response GetOpenAPIdefaultApplicationProblemPlusJSONResponse) VisitGetOpenAPIResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBackupRunsRequestObject struct {
+	Params ListBackupRunsParams
+}
+
+type ListBackupRunsResponseObject interface {
+	VisitListBackupRunsResponse(w http.ResponseWriter) error
+}
+
+type ListBackupRuns200JSONResponse []BackupRun
+
+func (response ListBackupRuns200JSONResponse) VisitListBackupRunsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBackupRunsdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ListBackupRunsdefaultApplicationProblemPlusJSONResponse) VisitListBackupRunsResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -4238,6 +4578,45 @@ func (response GetStatusdefaultApplicationProblemPlusJSONResponse) VisitGetStatu
 	return err
 }
 
+type ListTasksRequestObject struct {
+	Params ListTasksParams
+}
+
+type ListTasksResponseObject interface {
+	VisitListTasksResponse(w http.ResponseWriter) error
+}
+
+type ListTasks200JSONResponse []Task
+
+func (response ListTasks200JSONResponse) VisitListTasksResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListTasksdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ListTasksdefaultApplicationProblemPlusJSONResponse) VisitListTasksResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type GetTaskRequestObject struct {
 	Id ID `json:"id"`
 }
@@ -4600,6 +4979,9 @@ type StrictServerInterface interface {
 	// GetOpenAPI This document.
 	// (GET /api/openapi.yaml)
 	GetOpenAPI(ctx context.Context, request GetOpenAPIRequestObject) (GetOpenAPIResponseObject, error)
+	// ListBackupRuns History of backup runs (sessions), newest first, failures included.
+	// (GET /api/v1/backups)
+	ListBackupRuns(ctx context.Context, request ListBackupRunsRequestObject) (ListBackupRunsResponseObject, error)
 	// CreateBackup Open a backup session for one guest (backup_init).
 	// (POST /api/v1/backups)
 	CreateBackup(ctx context.Context, request CreateBackupRequestObject) (CreateBackupResponseObject, error)
@@ -4696,6 +5078,9 @@ type StrictServerInterface interface {
 	// GetStatus Storage status for pvestatd, answered from a cache.
 	// (GET /api/v1/status)
 	GetStatus(ctx context.Context, request GetStatusRequestObject) (GetStatusResponseObject, error)
+	// ListTasks Tasks, newest first.
+	// (GET /api/v1/tasks)
+	ListTasks(ctx context.Context, request ListTasksRequestObject) (ListTasksResponseObject, error)
 	// GetTask Progress of a long-running task.
 	// (GET /api/v1/tasks/{id})
 	GetTask(ctx context.Context, request GetTaskRequestObject) (GetTaskResponseObject, error)
@@ -4808,6 +5193,32 @@ func (sh *strictHandler) GetOpenAPI(w http.ResponseWriter, r *http.Request) {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(GetOpenAPIResponseObject); ok {
 		if err := validResponse.VisitGetOpenAPIResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListBackupRuns operation middleware
+func (sh *strictHandler) ListBackupRuns(w http.ResponseWriter, r *http.Request, params ListBackupRunsParams) {
+	var request ListBackupRunsRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListBackupRuns(ctx, request.(ListBackupRunsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListBackupRuns")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListBackupRunsResponseObject); ok {
+		if err := validResponse.VisitListBackupRunsResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -5751,6 +6162,32 @@ func (sh *strictHandler) GetStatus(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// ListTasks operation middleware
+func (sh *strictHandler) ListTasks(w http.ResponseWriter, r *http.Request, params ListTasksParams) {
+	var request ListTasksRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListTasks(ctx, request.(ListTasksRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListTasks")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListTasksResponseObject); ok {
+		if err := validResponse.VisitListTasksResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // GetTask operation middleware
 func (sh *strictHandler) GetTask(w http.ResponseWriter, r *http.Request, id ID) {
 	var request GetTaskRequestObject
@@ -6022,120 +6459,129 @@ func (sh *strictHandler) GetReadyz(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7D1rc9u4dn8Fw96Z2HNpS87rbpTpdJLYyeY2D2/s7O12nUoQeSRiRQIMANpWXH/qt/7M/pIODsCXREqU",
-	"LGcz0+6HjSyBeJz3C4c3XiCSVHDgWnmDGy+lkiagQeJfx3DJAjCfQlCBZKlmgnsD75eT959JKNklEBb6",
-	"BA6nh2SEfx+oQLH+yPM9ZgamVEee73GagDfwQjud70n4mjEJoTfQMgPfU0EECTXr/EXCxBt4/9Qrt9Wz",
-	"v6qe283tre+dXKdC6rfH5pGGhVi4cpGUag3SPPYfv/cPntGDyZebo6e3f/F8T89TM4HSkvEpLrXtIhMh",
-	"E6q9gZdlOHJ55g9nxcxfM5DzcmquvK5A+UATUCl1cPmAzy+iS3GaqkhoYqb3yegi6/cfBV8hyf4zvg7w",
-	"LziwX14mLKx98dtvv/02fP9+eHx88PPP5sPZmf29Bcf4T0fg7+Vb2D8wePhyc+Q/u3UfH98O7YeH5YeD",
-	"pW+KD024uzXbUKngCpCaT6UYx5CYj4HgGrg2H2maxiygBlS91I746x/KwO2mIwryeXHFOuQpJyClkGTv",
-	"0+tX5NnjJ38jbg0SgqYsVvuINzeVWemFDCJ2CZ9AZTFuMJUiBamZPcSExe5DTl+M66ePy+MzrmEK0rv1",
-	"PQ5Xw/Fcdx6v2DfoNPS2iuDf7XPV5Xy3zS/Fo2L8BwTaLPKSBrMsXT4YCztwTU5mNw3sVN0RPotD27fw",
-	"SgLVOBcNQ2YQRuPTypYmNFbgL+xyjI8ONbO7WEUWnzm7Pjfjbn3vDzEedj2g2oDlfU9pIekUN5PQ63fA",
-	"pzryBg+fPPG9hPH876OGhewXq5d6k4HS52bgre8Z2eDWYUmWeINn+X+4lv3uaD21uB27Cd14vwbadqy9",
-	"ZpypaEOsIQ8ugOjpkyePnjaARWVBAEpVaGwsRAyULx/EjWza7CuRJEy3MXELEW/PgU7q4uNN2ykVeVX3",
-	"0YNvLw7+3UjQ8uPw8ODLTd9/+qhJpPreMVOzt3wils8UFkvs7FSFvdB+LqZmp1kcb8zFPLxioY6GMUuY",
-	"XtaYKMZICpIoCAQPfdInEyFJxvEBMGS7dJqCB/pNwnXMdELTYSJChAVwM/J3jwvuZCdqzUxVD1qC0D2d",
-	"E86GrF7ipot9tQJhq9jc95TIZLCpRNUZ5xAvo0BHQNI4mzJORApcEfNFyNTsgSLuGX+JQ30vk2x5Lj4O",
-	"B71eJJQeGLuxB2g+EiEJH4d/zTi7HvR67tt/USKYgf7n0xfnPzeabQtEuJJm62gvINREytakXearIGbO",
-	"UlmGj+DxnNgBhIahBKUIjWNxBaFPriLgZCwy3qhmVrArXKdMghpSXaOBkGo4QOnsNz7jdr+8yw8vj4mD",
-	"uKFfsnf08CciKQ9FQsZMq/2mCa2qadGOyxLGWbiNP7ZRmDFciZggYf18fn56RrJ0KmkIjr6IFkRHTLnN",
-	"N+2yE7Wd/Nvpx0/nZO/li1f/enb+8XT44eXx8MXxryefzt+enew3EtmSMWNWKsBcw5Hv3IUcBH5Jg+7k",
-	"7eS2nQ3EeDiskuWEopZzg+vAQBI1EDYnAqUZnzqKfaAKmk3onASCc7O3Jqbe0CbSOh5aua1qG/zp6eN+",
-	"3y/tl6f9xz/hF7lUe9pv1ElLwHvNYjjhWs6X2XVaI9yKcIwZnw01lVNoptJcMSw/mWxqbbaaF+iqNf0g",
-	"6dUw/7GOv3MjhqmOHihSKMUAuD4AHogQwgF5x3h2jZytCAcICReajIF8Pn998JNPKA/J388+frjgdjlF",
-	"VCSuiMqCyM1IFfn819evXx8fklOqFGGaGFvQfK/d6gQdZFJEJw4veBM7djY0Sus318PGYTGsw6ThpXli",
-	"0OX5XkRl6D4G5jNcGpkei2BmP07YRDQq7KyZDprtNudCF1gobGKnRJz2sB7DFP+ftNrJ1kJuMz2pdS+H",
-	"29pkteebln/z6pPl9A2lylTSAOpsW6XDGUBKMi5hAhJ4ACEJoozPFNEiCyIIraSWYGgznpM9x/SkELpv",
-	"Xg3ffHrx6sQnDx+TaH9TA65JDJTeUYWQvkKSeb4XXweNdIHPfFbOZaNx/HHiDX5fw9tm+Gs2zSQo79Zf",
-	"ROnWjtwaVFfds2VMf7n1vbc8kJAA1zR+wdUVyDa3QLUTQ8UURhu4zQLuYnY1+2KVXf6CcbbNCLPDCTaY",
-	"bSvTuine0nTS7WH0dzFuijUZSQLhRpZg1zBHXd1VZLimUm8cYKmEQbpEhpw1XkQiKou2QGcrSyk/5Ibu",
-	"2p1BsNF6iyppQ9iUllfV1Co++WsjDodDG3F42BxxKOZvDjsEiJfNSLTVPvqaCU3LkOlCLHesgOsB4YLg",
-	"uCYN0uATayEhbJvT/ursIOeKhMxYyYHOFRzTiuTGvdFwTgF2Wb7Z2qiAbGF/K/F7mm2q0leCk2dxTCQk",
-	"4hKsndcK1KpaNk/RcQx5XmHNias7aDpcJSWwQFaOcxfRZdYmCQ0ixuFAAg3xCxvjDyzn5OpsTMOhc3qM",
-	"WuM005GQ7FsePBqzMASO0kgPJ85PT0BHIhyar5wjbxAm+CRmgWWmeSxoONRCDGPjTODUKkuNNwfhMIGQ",
-	"0aGzHoMIgpnKkmHCVEJ1EGHKRmWTCQuMBzYsmTzj9JIyC1rfM4wjMu32xpI0Rv2JmzGglpzGaK/yKeBe",
-	"FdVMTRg+/qUx2qApixt5jnGlKW8JRTj4DVuiAUpTnalmr0kzHTdPqtHSbJmy8AuuqTk28r3I9GAcU/QC",
-	"VgtPB3i7drE/35JTMwFmHN5TOVsmwcR9m9OTsYAxRmhYxkNe0xAYpHzZOk/iJAIu1bq97ez5UM6HMuNN",
-	"EYJlBx/PtuH8lMVoyq0Ou0Yik13GxdSecPWoRHAddZnuCmDWZdwcaIftNTkfm8ZEts72dLdLEYtNZHRW",
-	"Cc/tJJ8G10GcKeOHbqBYnT51ESlWatVSqaoBuYqoJiHEgKEqpslEAiiy9+bknPQKPdy7Maxzi5Ptd7ME",
-	"Wq2OWpq2KQ+Bm7WQIu5g2uySC2LIh4EkggOJaNhxJ0KD2iS8WoqahqxYGXap7z0WUxbQmBQp4W7GUrMV",
-	"vw0Bg2QTVpiG9c1hcBxHzIdGSgO5oooYIUAU6OpuV1qS1RkasjrCaIwJZXGLkG5zxH3vUsS8sZbDkkHP",
-	"FmeYIbYaY61mcpI+n9cFjdszsEXsyRJLlQYWjr2K4U/R6lgn2BPGq98eLbtROleJa9O3K0m1SY6eFTbE",
-	"QqAs0OyyAQG4Z5tcQaFCNY3FlAhpWZMEIouLGKixEBsj2mhtdQxVWrnVcXAIYZYOJdVMtLKklTakR6rG",
-	"P9nr21NxoSMUfcr9XslQ8CwZ23WKlPoiX82JhZx5HmHVxDe1jXStTsllb9fxC55Xl6Cw0DRukcIDRPeE",
-	"xUDUXGlIiGEQzApT97VZ8DmBrxnF3FGmIMTfzx755CpiQUQiqozUDmhKA6bn3aRiloYbu7hm7dVacQv/",
-	"0bFEDie3Sk7MVQwtYngBGwVN1+m1dtQmsXJO1Ww3IYDQCOhl6hVyRsxPRAkyoXLgDAjDxmQvZGpG0iyO",
-	"1b6fGxOpFAEog+i9aeA7jbLv23SIsb0U2UuNEd3RSCjYamnH9xmMmzHe7mDVFJvMODe/Od1mt9sYrm1m",
-	"JYSwYSRN1YxcsTgmofAJs8I040wbay206vNeeKMpHojnz0/riKOk8lq8pAOFvhPTZSKNGXd1bhqStaa7",
-	"m+Yd4xXj3aNS0vnSCezMKzaDsyxtSMHXrlIRrlsS685q3wLsZnU3gVug7QCfDJSWUh5UzboV1C066O7B",
-	"xtXEDPhuxMs2JRRtFQ+tbkMhYmpk1ZY4ccTje1LENZamYcJ4Yf1hhIE2mautJZZuytqOalzTCuytgurb",
-	"wLahburo4U9rA/F1EC/EL0sJj/LMnAcLGWigCePPCSSpnhu7MGFKGYMqAcqxPsfzu0mBBgd+52isYnAN",
-	"nsLuGUvLSg2pypzFlquExkClrbeToH0sEuDWVxc22r2GsXHm5jRlETlYNohsupkoxgNAPJqxBFKBwdIN",
-	"S/x2m9adGme2u8qoJJYbqKXFsV8ZoTfgKKj8gbIB+uekzIN0VdK5m7s8PZ7R8Y+msSJUokntqteMJWb8",
-	"cqpm1pTukOMwsseBroUaqmBflvaFs1Xf7WJWpixE6GjY3SFixQUROjLMsRywInsTCRASNjGSxT1oHFSQ",
-	"YMNY1oHrsMUlp2xhg1lipi/2YNyfjnGdFREuNytG3YAGUbc4l0+oxsSYE/jfwX3cPHFXqVXZw6MFIuMa",
-	"QhRoPgF+CbFIQRHGgzgLO+Jp0ZBa4XNVL2QUDteCI7ZIl0064Ff0arZLA2wYphZxCHKoI8qHIZ03AB41",
-	"QpkO5UKTPNCHvjbGShPK5wSfXyeyq4WjiwtBSevjuStdZZyMuBr5JK8vGrkPo/2OxcIKgkwyPT8zx3dB",
-	"cFR9xYUjDBXZr4oJIq1Te8GIuTR4fbcvaTBTWqSEKUIxraohZyVbdIjQOZXiOhHX5NeTQ3JuIMWs9XJ5",
-	"RD6dnJ1f8EBwLY0Fg8GLsS3dPP31xJVi+5bQqYrGgsoQi/tEqojdijq84Bf85BLknARGGo0zTUa9CGis",
-	"o28jHD3qGbtk/m2EtYKKjF64tCjewBqQl9YMsPFNVOruutnhBT+PgBhDhVCsCcegAXfzMEWm7BK42fPo",
-	"+mDs4HFgxo/I3gjNoxH5n//+LzKycHF/mO2M9p9fcFwMmRnXKEYJ6QahdTcG4q4AEC0qbr49unGHrRIb",
-	"td0rG5V3wfbJFdMRocTllUeBCGFEEkjGWOJobJbKsQwa9kZlOcbIzzdp/9zHhdGAcXbNc5SPiigwJHzB",
-	"DfIUyEuQONTs49GjR8+Iq8x0VZU2cVqQlI33KktnR4f9wz4yagqcpswbeI8O+4ePXBEjknMPrRdb5lqg",
-	"6W3oDbw3oI9z2vEWbuc97PcXbuYZt7AX6SSuX8VruOa3oKoL8kydNVQkIJslUbGPylU+32imhMq5q4G9",
-	"gnFJ94cGTHSqjAAuToiyc4HyvIE1w818PZqyngPb4ZzaY7WB6WMK/MXp2/VAqpJZPukGsDIU4dYioQiy",
-	"xEy7C4gxVcy3PbQuj3qWwK2hJlSDnH7S/1sZjS/4EeUg3vAQhtqNqYDmq9lLHdjWt3lZek2o5V6KcL4C",
-	"0ptdEK3dN7yta3AtM7hdwvLRjtduQr0CZZgab9dAuAOkGzoitDDg3PRG7Rhdak39PSewGGd6v0oYzm1t",
-	"JIpxfoYlsujdsPC252qSkUayBn46zbQFg7tbi8KqvOfe4qaVQ3pvj73bL11p4/pAU1lHUGHUjRmneNG7",
-	"8a7y96KJ+hXjpmvLdoAzwnckQc3WKeMgjUFiVA7QxHf/GhMZLVSjViXlagJyZ+QR4F3MqgRZkAD4eyEB",
-	"tiSNzlJ6M1zVLpI2oMoeTu8ES+/pzAZBCrv3kik2jmF3mOATNl3Pp6/suJ2zKVoUaUwZX6sm13Hj4zaf",
-	"cEfcYsWlBVhmYeSju3kA1zTQu8JIyNRMtbPGmTE2i0u29yo2N2OLYk+dkPVwZ+vmGYkGTkyzOCZone+E",
-	"CBD0mG5kfIoaFPOPaM58eHm8UwLo3di7Abe98q6ks0zrZ7QqfqJB2pOarVXu5SII0KcZ2ZuuA3JjZxwQ",
-	"xMzokLwwT1/w0VH/iJxdMR1gscGpFFoEIlYjG/iylwGN/RBQKRkoc2abgncOjPVcL7i9TGgdU3dfWEJM",
-	"5/l9NS3ILyfvPz9QJBYBjfObqPaWr/GC8xnNVEK5cH5lA4VxiacD61a5Px8om8hUZr1IXBGmzQgIrStV",
-	"ZyYDPEO35/nt5c25yV87Kr/EvaiTjqz9sCCxCvinOfyfLx6fi6sqDnZA2R9eHtdu2ALhIoQH+T1bsveq",
-	"XP2zvZHr5x8IH4ebGga1n9wVX3tNt50tJkWbiWbBaC/Z3dVmuC9XwzXJ6CQbd2eq1C4eNgjIvIJhByR0",
-	"wsNlTyP3LYIYKM/S/edGLAVUhnilNOMxKEUKe2lXAnTCJFxR24JitVXzOh/5/3ZNDrT7N3BYefmvnZvx",
-	"WmDlmuCPxNFLtxe/M1cv3/Fssn1AEmtC+ITDFRGSZGoXobd/YNkcGikYfsUOKUZnMElCJvWc2AYbBfNf",
-	"JkO8Kz6sIH5nnmQsOjgv78T/bc/l8luYJSlJQR5YZo/FtEBPRHkYwzAW0+GExXAXzFhrQbXaqh8wL4Cx",
-	"fPv0gFDubIwHyuZzMFsS0JSOWcz03NgjWOtHkeSajLh3TOkTt/Idua5TWt+1hVkuAlsO2tiy2xwsd0fm",
-	"u8p0eY5zTdVLFZ0SkKw2xSdymsVmDLY4qI6BY/z+JO+EshmjFY0jG4I2DYzhLFJ752oXDPIJZyoJ8XnF",
-	"1FaExpgcw5AssebSriC6zrN7LSQmmIwprtCHE5kmlEiRacjtdGO5mykHzgesO3EXvJMX5y97cThxnpji",
-	"oU1Uub5GHKZCM6odxTmMjOcY0zfk2OZqWVRv6Wy108kP5Eidl/DAsADmvm0no8q6G7lTXUisoz81DdqT",
-	"NpaHVbXIJa/0KAz0xmoXyouaEG1pLqJlD5CJkGRUayQyKjqBVIMHD1RDX5ALjo1BCBeyUg8m4tDoMFf3",
-	"nLscY5hS7pOJFEn1FsgDdVF2KLHlHorscUHGWTADTWKsEJnuY8HzmGrctJVz6hDzcG6BC+6cGkVYGNtb",
-	"BrHgU0Qy5e4o1u1xl3Uxo+scHgMKJpV2OXMMURgtLMEK8wrYnWhzgAUXNMGaoibGwqjUm1f3lCgre8fc",
-	"Lrdv/U5hvDevdh7Em1I5plNDEHGcM+Xj/jNyFbEYMLQnM66I4IRyY+LiqWpsmVBmTo33pBtZ01Z/Vtnv",
-	"DzFeEdi1yci/i/E9YbLsmPGdc1vmSA1Y/UOMiatI3gFaX+RGrsy4pRZF9rDH6x3TmgZpmwSgLAJ/rIzV",
-	"CgzsMAJUQwHw0CGgjP2wEJJU6IX6gw3xUZq7vRuubivOX/1w/7B1PFhi4JPR6cezc7LgQY7ySy5ljQJF",
-	"f1qRJ/2/YU2gDWjfoSeIcV6CiDDdJLpPM12W2i0RTVMrb7V1q/ZqV/J7iovU+pJ855hIvSdNS1kNr9Y1",
-	"3lWPANaySOc9LJdlkz0n3Wy6wl05qIkiqyI6ag+8s9YufbAvxD2pjlrPiXtAbCe3u+zL0cHzTqic7cLh",
-	"fpGm8ZxgpzuZxTZ3VcE12Tt9edYzTpqChHLNArWZkdAg4GpV0Y3FaO+Y0meVIuPNlM2HM0xaNb3kwN09",
-	"LxGzutNE8yR5n8Ru5mXZHuDOGrATFRV9LzoQUYmJuxPSqyUfSmFc1oXelSZ7xhUZXoo4S6BOReU+uhXo",
-	"LbbEWB+6OSs71W5ITBS7f3Qiuk7hHXc/YgcQtycjtHRanYUPnBQtCTaBc86rfmuJ6J8Ext1p0ZI72rlh",
-	"a9RsRM5YvGwbVSzoOfP19wP07pVpvRHHdzaTViHY3aMmd0Z03UjCViEYzHBcxwTfgutWyLdqtek61ty2",
-	"3nQTwmlRjOYBCar+IqH8rug3pRuvhm7G7VsVuvq1KXAjm5fKLhjbRTnpvVaqlrlpn4jUXn+K58Qc4SCH",
-	"dr2sYNN4/RKplfWS6yhty4rJ3aqCDZKUdQyuKXb8PkpgFSKKMsm1JvIxjvyRVXIny7V4z0sHy9UCZwc2",
-	"FGb5xYRQ8uv7iiHl2Gh4mSzH11ayWEe8ltWPlZTyqrDplrnHrkiulfDt3iSovfmhMc5+tOO1mojG5a12",
-	"GJPl1ReNiElZMjvByAnSyU6l8wLxSHq18uIbU7NP9OreqWYzqyECGuI9U2c2fKJ8Wneo72YjiECDPnDa",
-	"+a6K/ioSMRCWuFt9D/tPv9fKjg8hJNjzdkd2hqRXlkLxSDaH+/P5+SnZQzSQoq3v/k7ptniF4Fpl9hpH",
-	"/gnWqwtElzgrG4v3vLvarVuqxPKlL510ooRACzknwLVksAv9+BEFWj4v6snSUs2xvEPliHTSqwBxnRFq",
-	"IPTKDf/ziKY9Y/EDiTJsGJgvtBvSMFMWb+nByoQ70Uc3SVLWPq8nji2rn38QH2V9yTLZe9x/nPfQ5LD/",
-	"57strl51HWq2qVj9QbDiksDmoN8d2kXj2Fb45u3f7y/CZldoCqC6X3ZQwoI9mYmdEI3p9BLMX6HvMtgQ",
-	"FvKGBhHc6b6/pmhUuxrQNshiI9AfrfABN9UYn1KzHSDiVIopvi0PNX8s+PQgr0ozK3StclgB8XXyIm9u",
-	"ueXNtSadjYV2zZZef9M3dN03bs3RG9AbiymxPTh3UHKdz2WRjIV77rql8UB4AMS2YCYjhNxoe6xjt5uV",
-	"XsC5HfI9bOu8X+Bau9o16dnjYAtegeUtA9Xd9e36Cgl/ZVzInuJ+ojbVfpnfuaSu1gKyDSd5JOe5q001",
-	"KMEW4q6P4x3KYLYqYLGE0vEyQY649TVRLFzpYSy866p/8OzLzZH/9HHTq626pagtcO+aqN4KhFnezrJN",
-	"H9huk39aSch9ynvXSLMhb6l201PqRYDl4Xi3f1Kv8qk2zNn38S3k+Hm53nyj6p8lFWCblbcX6X+yb7iy",
-	"6VQJBxFVESgCtr9blPFZXp6oIMYCh0pN4h6NY5/oSCggYnLBbdc8c65RPmiEL4ftYdM+M2ypl99ooRvg",
-	"aN/HHpEXvF4PieLlkJyBVraHZL7CA0VG1XdVjIgWZCRmtqmbfTHH6PkFp0WPXiFJSBM6zd8vSrCboJxB",
-	"SMY0JHtY2AfXuuitF1FNUinCLABFmHblm3jjmE4p4/v2DbgWaEs3GvJXzFAWWzAzRaxqo/yCV64wkjFV",
-	"YLsVoFGAFa+MkxF2YB9Zr7NSfWLP1lrBbzs63pOqqreL/PMq+S3md17NTx2R2u3eZyW/a5y4SgT/7Ibc",
-	"n4dNY3YJtc6V3uD3L4v3BDko9bwoaLbgwCYZ9v0ICJY2vxDPmoCWLFjpTr93Q+7vrG4TeaX2qRQJ6Agy",
-	"RcyUxLkjO3Hl8ondktv5zLaV5iqYfbIj7g9kuAUDkif9RxuCo4WczJaZpScrF5vetVPcYMrfukN5+cqd",
-	"IIKwndjqS5fdV3//YiwKe0HMGjKZjDHhYL53c93kpkpRn1d8Uy3gLL7MQ6yVr6oSoPJ17mEUX1R2ffvl",
-	"9n8DAAD//w==",
+	"7H1rc9s4luhfOcU7VbFraMvOa7qdunUriZ10z03SntjpuX3bWQkiIRFtElAA0LaS9af9tj9zf8kWDsCX",
+	"BEqUTLtTtTMfphUaxOO8Xzj8FkQimwlOuVbB0bdgRiTJqKYS/3VMr1hEza+YqkiymWaCB0fBP07ef4JY",
+	"sisKLA6B7k/3YYT/3lORYgejIAyYGTgjOgnCgJOMBkdBbKcLA0m/5EzSODjSMqdhoKKEZsSs8xdJJ8FR",
+	"8L8G1bYG9q9q4HZzexsGJzczIfXPx+YVz0IsXrnIjGhNpXnt334/2PuR7E0+fzt8fvuXIAz0fGYmUFoy",
+	"PsWltl1kImRGdHAU5DmOXJ75w1k585ecynk1NVdBV6B8IBlVM+Lg8gHfX0SX4mSmEqHBTB/C6CI/OHgS",
+	"faFZ/u/pTYT/onv24VXG4saD33777bfh+/fD4+O9n34yP87O7N9bcIz/6Qj8nWILu3sGD5+/HYY/3rqf",
+	"T2+H9sfj6sfe0pPyhw93t2Ybaia4okjNp1KMU5qZn5HgmnJtfpLZLGURMaAazOyIv/6hDNy+dURBMS+u",
+	"2IQ84UClFBJ2Pr55DT8+ffY3cGtATDVhqdpFvLmpzEovZZSwK/qRqjzFDc6kmFGpmT3EhKXuR0FfjOvn",
+	"T6vjM67plMrgNgw4vR6O57rzeMW+0k5Db+sI/t2+V18udNv8XL4qxn/QSJtFXpHoMp8tH4zFHbimILNv",
+	"Hnaq7wjfxaHtW3gtKdE4F4ljZhBG0tPaliYkVTRc2OUYXx1qZnexiiw+cXZzbsbdhsEfYjzsekC1AcuH",
+	"gdJCkiluJiM37yif6iQ4evzsWRhkjBf/PvQsZB+sXuptTpU+NwNvw8DIBrcOy/IsOPqx+B+uZZ8drqcW",
+	"t2M3oRsfNkDbjrU3jDOVbIg15MEFED1/9uzJcw9YVB5FVKkajY2FSCnhywdxI9s3+zHny4RebqYpKq6T",
+	"OeiEgsw5TAhLqZc6Jnh8Gg+JblBTTDTdQ9B5XrJoay5nllJUKSY4IBY6c55nnrp+gfrMkioqr/xHaUin",
+	"5qT4uISGIRgag06IBi6AEpkyKkFwCglpbH2FKFQeoVFJvObyqZiyiKRgt7ETiSxjWtPY7EbtdluwgMmQ",
+	"XBGWknHaArtq8hKKSrM0BXrDlFbV3CUVGp4nUm9IA0o7YbeK3UuqPcPRTfHSnwBZIyCs8FaFBF+UE5X8",
+	"sGdqwCP0KSMPLlby7FkBK8qNSPs9kDnn5tBhIC4N+i17fvaA+TWis015tyiv7TWvAxC+7jtSZcDXbV6y",
+	"9/Xl3v83llP1c7i/9/nbQfj8ic+UCoNjpi5/5hOxfKa4XKK3U5V+Qvu5mLo8zdN0Y+3N42sW62SYsozp",
+	"NsEzoxIUjQSPQziAiZCQc3yBeqVNqfsOfIJgzHRGZsNMxA2S4oI7MkVrOVfUS0/u7YJwNlTxFW66+FUr",
+	"ELZKvYeBErmMNrWkdM45Tf1CcZbmU8ZBzCi3aiBm6vKRAveOTybmki3Pxcfx0WCQCKWPjL84oOg2gpDA",
+	"x/Ffc85ujgYD9/T/KBFdUv2/T1+e/+R11xaIcCXNNtFeQshHytaVXearKGXOQ1mGj+DpHOwAIHEsqVJA",
+	"0lRc0ziE64RyGIuce7XuCnalNzMmqdpIrdBy98u7/PDqGBzE0TDYOXz8A0jCY5HBmGnUpC22SotVvCxh",
+	"nGT366cWCjMOK4gJEtZP5+enZ5DPppLE1NEXaAE6Ycpt3rfLTtR28v9Of/l4DjuvXr7+v2fnv5wOP7w6",
+	"Hr48/vXk4/nPZye7XiJb0oNmpRLMDRw5HVmCIKxo0J28ndy2830Yj4d1spwQ1HJucBMYSKJowdEvxgZg",
+	"fOoo9pEqaTYjc4gE52ZvPqbe0BfSOh1aua0aG/zh+dODg7DyW54fPP0BHxRS7fmBVyctAe8NS+kJ13K+",
+	"zK5Tv2kTBinjl0NN5JT6qbRQDMtvZpt6ma3mBYZofH+Q5HpY/LGJv3MjholOHikolWJEud6jPBIxjY/g",
+	"HeP5DXK2Ak5pDFxoGFP4dP5m74cQCI/h72e/fLjgdjkFKhHXoPIocTMSBZ/++ubNm+N9OCVKAdNgfEDz",
+	"XLvVAQNjUEYl9y+417jtamhURmuhhycsNRwTM2l4aZ4ZdAVhkBAZu5+R+U2vjExPRXRpf07YRHgVdt7J",
+	"xHV2mwudlViobFyrRJz2sA7ZFP8/a/WPrWfcZnoSG1YabmuTNd73Lf/29UfL6RtKlakkEW2ybZ0OLymd",
+	"Qc4lnVBJeURjiJKcXyrQIo8SdAuZAkkNbaZz2HFMD6XQfft6+Pbjy9cnITx+CsnupgacTwxUTk2NkL7Q",
+	"LA/CIL2JvHSB73xSzpciafrLJDj6fQ1vm+Fv2DSXVAW34SJK78v/qrtby5j+fBsGP/NI0oxyTdKXXF1T",
+	"2eYWqHZiqJnCaAO3WcBdzC5/DKa2y39gfH0zwuxwgg1m28q09sVZfSfdHkZ/F2NfjHnrINP6KFJT3TUC",
+	"FFJvHFhtj094gwrOGq9HEIpFW6CzlaVUHHJDd+3OINhovUWVtCFsKsurbmqVv8K1EYf9oY04PPZHHMr5",
+	"/WGHCPGyGYm22kdfcqFJWzCSjBXl+gi4ABzXMf6HQcu2OV1I09pBzhWJmbGSI10oOKZVGRM0Gs4pwC7L",
+	"+62NGsgW9rcSv6f5pip9JTh5nqYgaSauXIi3Fah1tWzeskFUm09cc+L6DnyHq6UCF8jKce4iuszakJEo",
+	"YZzuSUpifGBze5HlnEKdjUk8dE6PUWuc5DoRkn0tgkdjFseUozTSw4nz0zOqExEPzSPnyBuECT5JWWSZ",
+	"aZ4KEg+1EMPUOBM4tcpnxpuj8TCjMSNDZz1GCY0uVZ4NM6YyoqMEU7Uqn0xYZDywYcXkOa9iomFgGEfk",
+	"2u2NZbMU9SduxoBacpKivcqnFPeqiGZqwhZCqvVogyYs9fIc40oT3hKKcPAbtkQDlCY6V36vSTOdtsSr",
+	"0dJsmbL0C26IOTbyvcj10Tgl6AWsFp4O8Hbtcn+hJSc/AeacvifycpkEM/e0oCdjAWOM0LBMgLymaaRb",
+	"AtDd8qNOIuBSrdvbzp6P5Xwobd5rMUKw7ODj2Tacn7AUTbnVYddE5LLLuJTYE64elQmuky7TXVN62WXc",
+	"nJIO2/M5H5vGRLbO8na3SxGLPjI6q4Xnesmj05sozZXxQzdQrE6fuogUq7RqpVTVEVwnRENMU4qhKqZh",
+	"IilVsPP25BwGpR4efDOsc4uTdcwEtlodHRKgTIGFVD9JUKGp2iS8WokaTza8U/a0u7HUX5aRSjZhpWm4",
+	"mGWnHHDEfIjpQ7gmCowQAEV1fbcrLcn6DJ6szrosYZsjHgZXIvXn2S0ZDGxRlhliq7DWaqYihermdUHj",
+	"9sqLKoEqLPoqGlg49iqGP0WrY51gzxivPz1cdqN0oRLXlm2sJFWfHD0rbYiFQFmk2ZUHAbhnm1xBoUI0",
+	"ScUUhLSsCZHI0zIGaixEb0Qbra2OoUortzoOjmmcz4aSaCZaWdJKGxhA3fiHnQN7Ki50gqJPub/XMhQ8",
+	"z8Z2nRXVKxZy5n2ElY9vGhvpWpVWyN6u4xc8ry5BYaFJ2iKFjxDdE5ZSUHOlaQaGQTArTNxjs+ALoF9y",
+	"grmjXNEY/372JITrhEUJJEQZqR2RGYmYnneTivks3tjFNWuv1opb+I+OJQo4uVUKYq5jaBHDC9goabpJ",
+	"r42j+sTKOVGX/YQAYiOgl6lXyEswfwIlYELkkTMgDBvDTszUJczyNFW7YWFMzKSIqDKI3plGodMou6FN",
+	"hxjbS8HOzBjRHY2Ekq36rPhaG4y7ZHxVunXBcS+O9gJoNtNzJPGMmENw48iBJupSedMzNTNwec7CTCut",
+	"MiNSXf2YeW6mBYMhY8IhQ6XU2GeLBVKeWqeW+h0LbG+w2S8IkD6qvbA0hViEwOwGc860OURslf89cXZh",
+	"MzR3NjWWj4Ug0T4QruduJA2khKqiyh2l4PdG5KgDr74T02V2TRl3lb6aZmudGDfNO8ZrbkxApCTzpRPY",
+	"mVdsBmdZ2pCiX7rqB3rTUmLg/JcuKFwM5tMvLuISuAXaDvDRQGkp+UPUZbeS4sVQhXvRu5q4pLwfQbtN",
+	"MUlb7UerA1UK2wZZtaWQHPGEgRRpQzyQOGO8tIMx1kJ8hntrkbmbsrGjBte0Anur9MI2sPVUkB0+/mFt",
+	"SqIJ4haFYOO42pwHSzpIpIHxQk0YLcGUMqZlRgnHSqUg7CYFPKGM3tFYx+AaPMXdc7eWlTxJ24LFluul",
+	"xpRIW3koqQ6xXILbqIWwcf81jI0z+xO2ZQxl2TS0iXdQDFV4QsGMBToTGDbesNix3wQ3KrfuKqOWYvdQ",
+	"S0uIY2WuwoCjpPJHyqYqXkCVEeqq8P3K20xvFbjlH01SBUSic+Hq+IxNek0UEHVpnYoO2R4jexzoWqih",
+	"DvZlaV+6nc3dLuanqpKMjibuHWJ3XIDQiWGO5dAd7EwkpTGwiZEs7kXjqlNJbUDPurIdtrjkni5sMM/M",
+	"9FWhPvvaNcK1ItbnZsX4IyVR0i3iFwLRmCJ0Av8BHOnNU5i1qp0dPFokcq5pjAItBMqvaCpmVAHjUZrH",
+	"HfG0aEit8D7rtwBK13PBJV2kS58O+BX9u+0SIhsG7EUaUznUCeHDmMw9gEeNUCWGudBQhDzRJcOocUb4",
+	"HPD9dSK73TlDf7ig9fHcFfEyDiOuRiEUlVYj92O027FsWtEol0zPz8zxXToAVV955RKDZvZROUGi9cxe",
+	"sWSuIKC521ckulRazIApIJhg1rRgJVt+idA5leImEzfw68k+nBtIMWu9XB3Cx5Oz8wseCa6lsWAwjDO2",
+	"Raynv564ovTQEjpRyVgQGWOZo5gpsFtR+xf8gp9cUTmHyEijca5hNEgoSXXydYSjRwNjl8y/jrBqUsHo",
+	"pUsQ4x3UI3hlzQAb6UWl7i7c7l/w84SCMVSAYHU8hk+4m4cpmLIrys2eRzd7YwePPTN+BDsjNI9G8F//",
+	"+R8wsnBx/zDbGe2+uOC4GDIzrlGOEtINQutuTMFdhgAtagEPe3TjWlslNmq7WTuqbsPuwjXTCRBwGfZR",
+	"JGI6goxmYyz2NDZL7VgGDTujqjBlFBabtP/cxYXRgHF2zQuUjwoUNSR8we3lNHlFJQ41+3jy5MmP4GpU",
+	"XX2pTSGXJGUj38rS2eH+wf4BMuqMcjJjwVHwZP9g/4kr50RyHqD1Ygt+SzT9HAdHwVuqjwvaCRbuJz8+",
+	"OFi4m2zcwkGis7R5Gdlz0XlBVZfkOXPWUJmK9Uuich+1y8yh0UwZkXNXDXxNxxXd7xswkakyArg8IcrO",
+	"BcoLjqwZbuYbkBkbOLDtz4k9VhuYfplR/vL05/VAqpNZMekGsDIU4daCWER5ZqbtA2JMlfNtD62rw4El",
+	"cFWDVfMAVtoURoMLnBko09hy1+kvZ+dQTAMpJVcURWTOj2DkQmMjF1cz74UwEpcj1NHV9cQQRjahNbKG",
+	"KdNol8ZMRUTGRsHbQKVd0l2NtYmAEIi70YpR1NDIE8KBjAmPhdml27QTBvbSAFGC78NLvAAqcp0ys+l6",
+	"SdQLGC3f6xuBInNldojWYiOsGBHurlZigsZaAQYzTdJ7x5QubwJiAqzWEqPFn6mGDD6coSPj6+rgkm4V",
+	"ba5OsfsnKe88dmpNsHih08zqsSZkzhW4W5TGrjQImmjqbAlnYXp3w6xn6ml7sTIS5j+bvZRXn61kwsPG",
+	"BY7Dg8b1DR/4Pm8kN5YbPnTyOKtb3sshyiVBY4Dcg2D5iRnKnRst7XgesbfjmEjthsDptXEqJ0wqHSLr",
+	"GU+vNLLr0sjFSlZIojCYCeURO88O/lZlQ0srAK0vJCBhdKxhWHSal/nMRlReVbEatK1fiXi+EZ7Wo8eF",
+	"2G6bfoOWOb1dopHDntf20UFTRPdAEUZ7AVnUAMbYNRa8DTDsODOJcaZ3uxLAuDjDkjIafGPx7cDdCcEQ",
+	"Qu7R4qe5k6Sup8nGwvTn48AychfauNnTRDYRVAqjMeMEJY23R8xD0USztYuvXYwd4Fz/nuw2s3XCuJHm",
+	"RBpDl5IsdP81ehv9YmPMS8LVhMreyMPaDkgdToIsSAD8eykBtiSNO8j4VbhqXOT3oKo0jHrA0ntySZu2",
+	"yhVTbJzS/jDBJ2y6nk9f23G9syn6MbOUML7WOF/HjU/bIlE9cYsVlxZguYVRiEGuPXpDIt0XRmKmbIzV",
+	"zxpnxhYrmxzcq9jcjC3KPXVC1uPe1i3yoB5OND5FYbz2QAQIenRUGJ+iBsX6DzRnPrw67pUABt/s3azb",
+	"QXVX3evjWRWPJjme1Gyt1hcBQYDO08h2GjiCb3bGI0DMjPbhpXn7go8ODw7h7JrpCIu9TqXQIhKpGtlw",
+	"u72MbeyHiEjJqDJnPoJa2MTGyy64vcxtw2GuX4OkqfG+XPGqgH+cvP/0SEEqIpIWnQBsl4V9OC9nNFMJ",
+	"5ZKItQ2UxiWejtpgjvvnI2VLMdDbS8Q11oNwY9tiAKfJTAZ4hm7Pi+4Rm3NTuHZU0URjUScdWvthQWKV",
+	"8J8V8H+xeHwurus46IGyP7w6bnQ4oMBFTB8VfQ5g53W1+ifbESEsfgAfx5saBo0/uRYLtk1CO1tMyvZe",
+	"fsFoLznf1Wa4L1fDNSfrJBv7M1UaF789ArKoIOuBhE54vOxpFL5FlFLC89nuiyIqhFf6c55SpapAUl8C",
+	"dMIkvSa2BdBqq+ZNMfJfdk0BtPs3cFh1+bqdm/Fadu2a9vfE0Uu3xx+Yq5fv2PtsHyrBmhAY9QEhIVd9",
+	"BPz/iWXLaKRg0gc7VBmdwSTETOo52AZHJfNfZUOM5g1riO/Nk0xFB+flnfif7blcfY3zbAYzKvcss6di",
+	"WqInITxO6TAV0+GEpfQumLHWQns+4gNmIzGDaN8+AsKdjfFI2Swy5mgjMiNjljI9N/YI1loTJDmfEfeO",
+	"KX3iVn6I0K5ry9UhruuuPRRguTsy39WmKyor1tTa1dHpUhub4hM5zWIzpbYksYmBY3x+UnSi2ozRyobd",
+	"nqCNhzGcRWrvvPbBIB9xpooQX9RMbQUkxZQ8hmTBmkt9QXSdZ/dGSExrG1NcoQ8ncg0EpMg1Lex0Y7mb",
+	"KY+cD9h04i54Jy8uXPbicOIiHc5jmx53feU4nQrNSNGI1WFkPMeYviHHNlfLonpLZ6udTr4jR+q8ggeG",
+	"BTBLZjvJ1dbdyJ3qQmId/alpVDe4mvCyPKzqpXVFfZmnEW2txo7wshJNW5pLSNWDaSIkjBqNnEZlJ6Z6",
+	"8OCR8vRluuDYmAm4kLUqVJHGRoe59HThcozplPAQJlJk9Vt4j9RF1SHKFpkp2OECxnl0STWkWJc23cUr",
+	"G2OicdNWzql9zP67BS54kUYDFqf2llcq+BSRTHijt7FrloB1JFUaHJNurlIHQxRGC0tqhXkN7E60OcBS",
+	"FzTBSkYfY2FU6u3re0qUVb27bpfb5j9QGO/t696DeFMix2RqCCJNC6Z8evBjUerAqU2dCg6EGxMXT9Vg",
+	"y9r1Jj9r2przOvv9IcYrArs2Gfl3Mb4nTFYdix44t2WO5MHqH2IM7h5ED2h9WRi5ti04MTy1g73175jW",
+	"NEjbJABlEfh9ZaxWYKDHCFADBZTHDgFV7IfFNJsJvVD1tCE+KnN38I2r25rz1zzcP231IJYYhDCylU5N",
+	"D3JUXNOrahQI+tMKnh38zVY5YUD7Dj2ZjPMSJcC0T3Sf5roq8F0iGt8nVNTWn8ipfw3mnuIijb5QDxwT",
+	"afYEaynm4/Vq6rvqEYq1LNJ5D8uXQWDHSTebrnAXnRqiyKqIjtoD7wy3Sx/sy3NPqqPR8+ceENvJ7a76",
+	"InXwvDMiL/twuF/OZukcsNOozFObu6rhGnZOX50NjJOmaEa4ZpHazEjwCLjGXQxvCew7pvRZ7WrD91WG",
+	"WPSp7WZeVu1ZHqYur+w71IGIKkzcnZBeL/lQqlmNBzvGFRleiTTPaJOKqn10KwtebEm0PnRzVnUK35CY",
+	"CHZf6kR0ncI77lZWDxC3JwNSOa3OwqccypYwm8C54NWwtTD9TwJjf1q04o52btgaNRuRM16ZsI2CFvSc",
+	"efxwgO5fmTYbIT2wmbQKwa57A9wZ0U0jCVs1YTDDcR0TfAuuWyHf6tWm61hz23rTTQinRTGaFyRVzQ84",
+	"FjfUvyrtvZC+GbdvVegaNqbAjWxeKrtgbJflpPdaqVrlpkMQM3vpMp2DOcJeAe1mWcGm8folUqvqJddR",
+	"2pYVk/2qgg2SlL7uMa21AA+jBFYhoiyTXGsiHzPbfOj7VcmdLNfyO1sdLFcLnB5sKMzyiwkQ+PV9zZBy",
+	"bDS8ypbjaytZrCNeq+rHWkp5Vdh0y9xjVyQ3Svj6NwkaX97xxtkPe17LRzQub9VjTJbXP/QkJlXJ7AQj",
+	"J0gnvUrnBeKR5HrldVumLj+S63unms2shoSSGG+3O7PhI+HTpkN9NxtBRJrqPaed76rorxORUmCZu0v8",
+	"+OD5Q63s+JDGgD3He7IzJLm2FIpHsjncn87PT2EH0QBlW/XdXum2/HTzWmX2Bkf+CdarC0R7LmAGg+Cu",
+	"duuWKrH66FYnnShphPcjKdeS0T704y8o0Ip5UU9WlmqB5R6VI9LJoAbEdUaogdBrN/zPI5r2jMV3JMqw",
+	"YWuxUD+kYaYsv5KGlQl3oo9ukqSqfV5PHFtWP38nPsr6kmXYeXrwtOhhzOnun++2uHrVdajZpmL1O8GK",
+	"SwKbgz44tMvG3a3wLT6/cX8RNruCL4Dq/tJDCQv2xAc7IRrTsytq/hWHLoNN41LekCihd+oyYpv3tlUp",
+	"nhPnIjYT6bXWyCEUl5fzWSpIrEKw/Y/34f1ij+CFnsm2RfaYpoJPsaVQratQiOVVKUMbELtb2R5FHMvT",
+	"DH1Gy42IvMXD52SrAEG72lvuxLFhu+G2iYtevFWCrtb+/ql3Gt+3VxHSRXb6X009Nuo83MXUtBzTg0di",
+	"5mmmCTfr0LHIxWUld5t8xBN+b+VLFux+MPcA5VMppvjNYbTfjajZK2pLzQo9QHyd1i8aY295/7Qbp5ZQ",
+	"Otj0O6f3jVtzdA96UzEF27+7h4sTxVwWyVh+6y5N0y85FmrZD1nACCE32h7rqIVW+vLndsiDSCzXa3i9",
+	"yLLKc4dTW7ZOWdFuWN3dal5f5xSujO7aU9xP7LXea/uBC2Mb7aPbcFLo6ReuwtygBD/E4npA36GYbasy",
+	"NEsoHa8EFYhbX9nI4pVxgoUvhh7s/fj522H4/KnvA6HdCk0scO9abrIVCPOiFXabPrCdqv+0wq77lPeu",
+	"Cben+kD104/yZYSXPLBDx6RZq1dve7UbwoxK+3v51shGNXxLKsC6L+1XbT7a74TaoghJ9xKiEqqA2t6w",
+	"Sc4vyw+f0BTLlGqVxTskTUPQiVAUxOSC24675lxl08MRfmJ/gA1/zbClPsCjhU7Co90Q+0tf8GZVM4qX",
+	"fTijWtn+08UKjxSM6l/8Ghk3y7aGlGU3yBcXnJT9/YWEmGRkWnylHbATsbykMYxJDDvoPdIbXfblTYiG",
+	"mRRxHmF3R1eEjX0DyJQwvouHdEBbupdUfKiPsNSCmSmwqo3wC167iAxjoqjtOYJGAdatMw4jdM1cR8ta",
+	"DZk9W+s9HNsN+p5UVbPV9J93H8divvc7OcQRqd3ufd7HcU2XV4ngn9yQ+4uTkZRd0UbX6+Do98+Lt305",
+	"VepFeS3BggNb3divTCFY2qI7eNaMasmilUGx927I/Z3VbaK4b3EqRUZ1QnMFZkpw7kgvrlwxsVtyu8iX",
+	"bcO9CmYf7Yj7AxluwYDk2cGTDcHRQk5my8zSk5WLvi8WlvcQi28XEl59uDBKaNxObM2lq87tv382FoW9",
+	"5mkNmVymmDY0z91c3wpTpayyLZ/Uy7DLh0WipPaoLgFqjwsPo3xQ2/Xt59v/DgAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,
