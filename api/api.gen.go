@@ -850,11 +850,19 @@ type ExportID = string
 // ID defines model for ID.
 type ID = openapi_types.UUID
 
+// IfNoneMatch defines model for IfNoneMatch.
+type IfNoneMatch = string
+
 // NS defines model for NS.
 type NS = Namespace
 
 // Name defines model for Name.
 type Name = string
+
+// GetDashboardParams defines parameters for GetDashboard.
+type GetDashboardParams struct {
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
 
 // ListBackupRunsParams defines parameters for ListBackupRuns.
 type ListBackupRunsParams struct {
@@ -970,6 +978,11 @@ type GetUsageParams struct {
 	Vmid *int `form:"vmid,omitempty" json:"vmid,omitempty"`
 }
 
+// GetDashboardAssetParams defines parameters for GetDashboardAsset.
+type GetDashboardAssetParams struct {
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
+
 // CreateBackupJSONRequestBody defines body for CreateBackup for application/json ContentType.
 type CreateBackupJSONRequestBody = BackupCreate
 
@@ -1017,9 +1030,9 @@ type StartVerifyJSONRequestBody = VerifyRequest
 
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
-	// GetDashboard The web dashboard.
+	// GetDashboard The web dashboard (a static page; its data comes from /api/v1 with the user's token).
 	// (GET /)
-	GetDashboard(w http.ResponseWriter, r *http.Request)
+	GetDashboard(w http.ResponseWriter, r *http.Request, params GetDashboardParams)
 	// GetOpenAPI This document.
 	// (GET /api/openapi.yaml)
 	GetOpenAPI(w http.ResponseWriter, r *http.Request)
@@ -1155,15 +1168,18 @@ type ServerInterface interface {
 	// GetReadyz Readiness; fails when the catalog or the chunk store cannot be reached.
 	// (GET /readyz)
 	GetReadyz(w http.ResponseWriter, r *http.Request)
+	// GetDashboardAsset A static asset of the dashboard (script, style sheet, icon).
+	// (GET /ui/{file})
+	GetDashboardAsset(w http.ResponseWriter, r *http.Request, file string, params GetDashboardAssetParams)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
 
 type Unimplemented struct{}
 
-// GetDashboard The web dashboard.
+// GetDashboard The web dashboard (a static page; its data comes from /api/v1 with the user's token).
 // (GET /)
-func (_ Unimplemented) GetDashboard(w http.ResponseWriter, r *http.Request) {
+func (_ Unimplemented) GetDashboard(w http.ResponseWriter, r *http.Request, params GetDashboardParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1430,6 +1446,12 @@ func (_ Unimplemented) GetReadyz(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// GetDashboardAsset A static asset of the dashboard (script, style sheet, icon).
+// (GET /ui/{file})
+func (_ Unimplemented) GetDashboardAsset(w http.ResponseWriter, r *http.Request, file string, params GetDashboardAssetParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // ServerInterfaceWrapper converts contexts to parameters.
 type ServerInterfaceWrapper struct {
 	Handler            ServerInterface
@@ -1442,8 +1464,35 @@ type MiddlewareFunc func(http.Handler) http.Handler
 // GetDashboard operation middleware
 func (siw *ServerInterfaceWrapper) GetDashboard(w http.ResponseWriter, r *http.Request) {
 
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetDashboardParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch IfNoneMatch
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.GetDashboard(w, r)
+		siw.Handler.GetDashboard(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2917,6 +2966,56 @@ func (siw *ServerInterfaceWrapper) GetReadyz(w http.ResponseWriter, r *http.Requ
 	handler.ServeHTTP(w, r)
 }
 
+// GetDashboardAsset operation middleware
+func (siw *ServerInterfaceWrapper) GetDashboardAsset(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "file" -------------
+	var file string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "file", chi.URLParam(r, "file"), &file, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "file", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetDashboardAssetParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch IfNoneMatch
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetDashboardAsset(w, r, file, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 type UnescapedCookieParamError struct {
 	ParamName string
 	Err       error
@@ -3044,6 +3143,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/", wrapper.GetDashboard)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/ui/{file}", wrapper.GetDashboardAsset)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/api/v1/status", wrapper.GetStatus)
@@ -3175,6 +3277,7 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 type ProblemApplicationProblemPlusJSONResponse Problem
 
 type GetDashboardRequestObject struct {
+	Params GetDashboardParams
 }
 
 type GetDashboardResponseObject interface {
@@ -3199,6 +3302,14 @@ func (response GetDashboard200TexthtmlResponse) VisitGetDashboardResponse(w http
 	}
 	_, err := io.Copy(w, response.Body)
 	return err
+}
+
+type GetDashboard304Response struct {
+}
+
+func (response GetDashboard304Response) VisitGetDashboardResponse(w http.ResponseWriter) error {
+	w.WriteHeader(304)
+	return nil
 }
 
 type GetDashboarddefaultApplicationProblemPlusJSONResponse struct {
@@ -4971,9 +5082,103 @@ func (response GetReadyz503ApplicationProblemPlusJSONResponse) VisitGetReadyzRes
 	return err
 }
 
+type GetDashboardAssetRequestObject struct {
+	File   string `json:"file"`
+	Params GetDashboardAssetParams
+}
+
+type GetDashboardAssetResponseObject interface {
+	VisitGetDashboardAssetResponse(w http.ResponseWriter) error
+}
+
+type GetDashboardAsset200ImagesvgXmlResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetDashboardAsset200ImagesvgXmlResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "image/svg+xml")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type GetDashboardAsset200TextcssResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetDashboardAsset200TextcssResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/css")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type GetDashboardAsset200TextjavascriptResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetDashboardAsset200TextjavascriptResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/javascript")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type GetDashboardAsset304Response struct {
+}
+
+func (response GetDashboardAsset304Response) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+	w.WriteHeader(304)
+	return nil
+}
+
+type GetDashboardAssetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response GetDashboardAssetdefaultApplicationProblemPlusJSONResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
-	// GetDashboard The web dashboard.
+	// GetDashboard The web dashboard (a static page; its data comes from /api/v1 with the user's token).
 	// (GET /)
 	GetDashboard(ctx context.Context, request GetDashboardRequestObject) (GetDashboardResponseObject, error)
 	// GetOpenAPI This document.
@@ -5111,6 +5316,9 @@ type StrictServerInterface interface {
 	// GetReadyz Readiness; fails when the catalog or the chunk store cannot be reached.
 	// (GET /readyz)
 	GetReadyz(ctx context.Context, request GetReadyzRequestObject) (GetReadyzResponseObject, error)
+	// GetDashboardAsset A static asset of the dashboard (script, style sheet, icon).
+	// (GET /ui/{file})
+	GetDashboardAsset(ctx context.Context, request GetDashboardAssetRequestObject) (GetDashboardAssetResponseObject, error)
 }
 
 type StrictHandlerFunc func(ctx context.Context, w http.ResponseWriter, r *http.Request, request any) (any, error)
@@ -5153,8 +5361,10 @@ type strictHandler struct {
 }
 
 // GetDashboard operation middleware
-func (sh *strictHandler) GetDashboard(w http.ResponseWriter, r *http.Request) {
+func (sh *strictHandler) GetDashboard(w http.ResponseWriter, r *http.Request, params GetDashboardParams) {
 	var request GetDashboardRequestObject
+
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.GetDashboard(ctx, request.(GetDashboardRequestObject))
@@ -6454,134 +6664,167 @@ func (sh *strictHandler) GetReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// GetDashboardAsset operation middleware
+func (sh *strictHandler) GetDashboardAsset(w http.ResponseWriter, r *http.Request, file string, params GetDashboardAssetParams) {
+	var request GetDashboardAssetRequestObject
+
+	request.File = file
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetDashboardAsset(ctx, request.(GetDashboardAssetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetDashboardAsset")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetDashboardAssetResponseObject); ok {
+		if err := validResponse.VisitGetDashboardAssetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // Base64 encoded, compressed with deflate, json marshaled OpenAPI spec.
 // Stored as a slice of fixed-width chunks rather than one concatenated
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1rc9s4luhfOcU7VbFraMvOa7qdunUriZ10z03SntjpuX3bWQkiIRFtElAA0LaS9af9tj9zf8kWDsCX",
-	"BEqUTLtTtTMfphUaxOO8Xzj8FkQimwlOuVbB0bdgRiTJqKYS/3VMr1hEza+YqkiymWaCB0fBP07ef4JY",
-	"sisKLA6B7k/3YYT/3lORYgejIAyYGTgjOgnCgJOMBkdBbKcLA0m/5EzSODjSMqdhoKKEZsSs8xdJJ8FR",
-	"8L8G1bYG9q9q4HZzexsGJzczIfXPx+YVz0IsXrnIjGhNpXnt334/2PuR7E0+fzt8fvuXIAz0fGYmUFoy",
-	"PsWltl1kImRGdHAU5DmOXJ75w1k585ecynk1NVdBV6B8IBlVM+Lg8gHfX0SX4mSmEqHBTB/C6CI/OHgS",
-	"faFZ/u/pTYT/onv24VXG4saD33777bfh+/fD4+O9n34yP87O7N9bcIz/6Qj8nWILu3sGD5+/HYY/3rqf",
-	"T2+H9sfj6sfe0pPyhw93t2Ybaia4okjNp1KMU5qZn5HgmnJtfpLZLGURMaAazOyIv/6hDNy+dURBMS+u",
-	"2IQ84UClFBJ2Pr55DT8+ffY3cGtATDVhqdpFvLmpzEovZZSwK/qRqjzFDc6kmFGpmT3EhKXuR0FfjOvn",
-	"T6vjM67plMrgNgw4vR6O57rzeMW+0k5Db+sI/t2+V18udNv8XL4qxn/QSJtFXpHoMp8tH4zFHbimILNv",
-	"Hnaq7wjfxaHtW3gtKdE4F4ljZhBG0tPaliYkVTRc2OUYXx1qZnexiiw+cXZzbsbdhsEfYjzsekC1AcuH",
-	"gdJCkiluJiM37yif6iQ4evzsWRhkjBf/PvQsZB+sXuptTpU+NwNvw8DIBrcOy/IsOPqx+B+uZZ8drqcW",
-	"t2M3oRsfNkDbjrU3jDOVbIg15MEFED1/9uzJcw9YVB5FVKkajY2FSCnhywdxI9s3+zHny4RebqYpKq6T",
-	"OeiEgsw5TAhLqZc6Jnh8Gg+JblBTTDTdQ9B5XrJoay5nllJUKSY4IBY6c55nnrp+gfrMkioqr/xHaUin",
-	"5qT4uISGIRgag06IBi6AEpkyKkFwCglpbH2FKFQeoVFJvObyqZiyiKRgt7ETiSxjWtPY7EbtdluwgMmQ",
-	"XBGWknHaArtq8hKKSrM0BXrDlFbV3CUVGp4nUm9IA0o7YbeK3UuqPcPRTfHSnwBZIyCs8FaFBF+UE5X8",
-	"sGdqwCP0KSMPLlby7FkBK8qNSPs9kDnn5tBhIC4N+i17fvaA+TWis015tyiv7TWvAxC+7jtSZcDXbV6y",
-	"9/Xl3v83llP1c7i/9/nbQfj8ic+UCoNjpi5/5hOxfKa4XKK3U5V+Qvu5mLo8zdN0Y+3N42sW62SYsozp",
-	"NsEzoxIUjQSPQziAiZCQc3yBeqVNqfsOfIJgzHRGZsNMxA2S4oI7MkVrOVfUS0/u7YJwNlTxFW66+FUr",
-	"ELZKvYeBErmMNrWkdM45Tf1CcZbmU8ZBzCi3aiBm6vKRAveOTybmki3Pxcfx0WCQCKWPjL84oOg2gpDA",
-	"x/Ffc85ujgYD9/T/KBFdUv2/T1+e/+R11xaIcCXNNtFeQshHytaVXearKGXOQ1mGj+DpHOwAIHEsqVJA",
-	"0lRc0ziE64RyGIuce7XuCnalNzMmqdpIrdBy98u7/PDqGBzE0TDYOXz8A0jCY5HBmGnUpC22SotVvCxh",
-	"nGT366cWCjMOK4gJEtZP5+enZ5DPppLE1NEXaAE6Ycpt3rfLTtR28v9Of/l4DjuvXr7+v2fnv5wOP7w6",
-	"Hr48/vXk4/nPZye7XiJb0oNmpRLMDRw5HVmCIKxo0J28ndy2830Yj4d1spwQ1HJucBMYSKJowdEvxgZg",
-	"fOoo9pEqaTYjc4gE52ZvPqbe0BfSOh1aua0aG/zh+dODg7DyW54fPP0BHxRS7fmBVyctAe8NS+kJ13K+",
-	"zK5Tv2kTBinjl0NN5JT6qbRQDMtvZpt6ma3mBYZofH+Q5HpY/LGJv3MjholOHikolWJEud6jPBIxjY/g",
-	"HeP5DXK2Ak5pDFxoGFP4dP5m74cQCI/h72e/fLjgdjkFKhHXoPIocTMSBZ/++ubNm+N9OCVKAdNgfEDz",
-	"XLvVAQNjUEYl9y+417jtamhURmuhhycsNRwTM2l4aZ4ZdAVhkBAZu5+R+U2vjExPRXRpf07YRHgVdt7J",
-	"xHV2mwudlViobFyrRJz2sA7ZFP8/a/WPrWfcZnoSG1YabmuTNd73Lf/29UfL6RtKlakkEW2ybZ0OLymd",
-	"Qc4lnVBJeURjiJKcXyrQIo8SdAuZAkkNbaZz2HFMD6XQfft6+Pbjy9cnITx+CsnupgacTwxUTk2NkL7Q",
-	"LA/CIL2JvHSB73xSzpciafrLJDj6fQ1vm+Fv2DSXVAW34SJK78v/qrtby5j+fBsGP/NI0oxyTdKXXF1T",
-	"2eYWqHZiqJnCaAO3WcBdzC5/DKa2y39gfH0zwuxwgg1m28q09sVZfSfdHkZ/F2NfjHnrINP6KFJT3TUC",
-	"FFJvHFhtj094gwrOGq9HEIpFW6CzlaVUHHJDd+3OINhovUWVtCFsKsurbmqVv8K1EYf9oY04PPZHHMr5",
-	"/WGHCPGyGYm22kdfcqFJWzCSjBXl+gi4ABzXMf6HQcu2OV1I09pBzhWJmbGSI10oOKZVGRM0Gs4pwC7L",
-	"+62NGsgW9rcSv6f5pip9JTh5nqYgaSauXIi3Fah1tWzeskFUm09cc+L6DnyHq6UCF8jKce4iuszakJEo",
-	"YZzuSUpifGBze5HlnEKdjUk8dE6PUWuc5DoRkn0tgkdjFseUozTSw4nz0zOqExEPzSPnyBuECT5JWWSZ",
-	"aZ4KEg+1EMPUOBM4tcpnxpuj8TCjMSNDZz1GCY0uVZ4NM6YyoqMEU7Uqn0xYZDywYcXkOa9iomFgGEfk",
-	"2u2NZbMU9SduxoBacpKivcqnFPeqiGZqwhZCqvVogyYs9fIc40oT3hKKcPAbtkQDlCY6V36vSTOdtsSr",
-	"0dJsmbL0C26IOTbyvcj10Tgl6AWsFp4O8Hbtcn+hJSc/AeacvifycpkEM/e0oCdjAWOM0LBMgLymaaRb",
-	"AtDd8qNOIuBSrdvbzp6P5Xwobd5rMUKw7ODj2Tacn7AUTbnVYddE5LLLuJTYE64elQmuky7TXVN62WXc",
-	"nJIO2/M5H5vGRLbO8na3SxGLPjI6q4Xnesmj05sozZXxQzdQrE6fuogUq7RqpVTVEVwnRENMU4qhKqZh",
-	"IilVsPP25BwGpR4efDOsc4uTdcwEtlodHRKgTIGFVD9JUKGp2iS8WokaTza8U/a0u7HUX5aRSjZhpWm4",
-	"mGWnHHDEfIjpQ7gmCowQAEV1fbcrLcn6DJ6szrosYZsjHgZXIvXn2S0ZDGxRlhliq7DWaqYihermdUHj",
-	"9sqLKoEqLPoqGlg49iqGP0WrY51gzxivPz1cdqN0oRLXlm2sJFWfHD0rbYiFQFmk2ZUHAbhnm1xBoUI0",
-	"ScUUhLSsCZHI0zIGaixEb0Qbra2OoUortzoOjmmcz4aSaCZaWdJKGxhA3fiHnQN7Ki50gqJPub/XMhQ8",
-	"z8Z2nRXVKxZy5n2ElY9vGhvpWpVWyN6u4xc8ry5BYaFJ2iKFjxDdE5ZSUHOlaQaGQTArTNxjs+ALoF9y",
-	"grmjXNEY/372JITrhEUJJEQZqR2RGYmYnneTivks3tjFNWuv1opb+I+OJQo4uVUKYq5jaBHDC9goabpJ",
-	"r42j+sTKOVGX/YQAYiOgl6lXyEswfwIlYELkkTMgDBvDTszUJczyNFW7YWFMzKSIqDKI3plGodMou6FN",
-	"hxjbS8HOzBjRHY2Ekq36rPhaG4y7ZHxVunXBcS+O9gJoNtNzJPGMmENw48iBJupSedMzNTNwec7CTCut",
-	"MiNSXf2YeW6mBYMhY8IhQ6XU2GeLBVKeWqeW+h0LbG+w2S8IkD6qvbA0hViEwOwGc860OURslf89cXZh",
-	"MzR3NjWWj4Ug0T4QruduJA2khKqiyh2l4PdG5KgDr74T02V2TRl3lb6aZmudGDfNO8ZrbkxApCTzpRPY",
-	"mVdsBmdZ2pCiX7rqB3rTUmLg/JcuKFwM5tMvLuISuAXaDvDRQGkp+UPUZbeS4sVQhXvRu5q4pLwfQbtN",
-	"MUlb7UerA1UK2wZZtaWQHPGEgRRpQzyQOGO8tIMx1kJ8hntrkbmbsrGjBte0Anur9MI2sPVUkB0+/mFt",
-	"SqIJ4haFYOO42pwHSzpIpIHxQk0YLcGUMqZlRgnHSqUg7CYFPKGM3tFYx+AaPMXdc7eWlTxJ24LFluul",
-	"xpRIW3koqQ6xXILbqIWwcf81jI0z+xO2ZQxl2TS0iXdQDFV4QsGMBToTGDbesNix3wQ3KrfuKqOWYvdQ",
-	"S0uIY2WuwoCjpPJHyqYqXkCVEeqq8P3K20xvFbjlH01SBUSic+Hq+IxNek0UEHVpnYoO2R4jexzoWqih",
-	"DvZlaV+6nc3dLuanqpKMjibuHWJ3XIDQiWGO5dAd7EwkpTGwiZEs7kXjqlNJbUDPurIdtrjkni5sMM/M",
-	"9FWhPvvaNcK1ItbnZsX4IyVR0i3iFwLRmCJ0Av8BHOnNU5i1qp0dPFokcq5pjAItBMqvaCpmVAHjUZrH",
-	"HfG0aEit8D7rtwBK13PBJV2kS58O+BX9u+0SIhsG7EUaUznUCeHDmMw9gEeNUCWGudBQhDzRJcOocUb4",
-	"HPD9dSK73TlDf7ig9fHcFfEyDiOuRiEUlVYj92O027FsWtEol0zPz8zxXToAVV955RKDZvZROUGi9cxe",
-	"sWSuIKC521ckulRazIApIJhg1rRgJVt+idA5leImEzfw68k+nBtIMWu9XB3Cx5Oz8wseCa6lsWAwjDO2",
-	"Raynv564ovTQEjpRyVgQGWOZo5gpsFtR+xf8gp9cUTmHyEijca5hNEgoSXXydYSjRwNjl8y/jrBqUsHo",
-	"pUsQ4x3UI3hlzQAb6UWl7i7c7l/w84SCMVSAYHU8hk+4m4cpmLIrys2eRzd7YwePPTN+BDsjNI9G8F//",
-	"+R8wsnBx/zDbGe2+uOC4GDIzrlGOEtINQutuTMFdhgAtagEPe3TjWlslNmq7WTuqbsPuwjXTCRBwGfZR",
-	"JGI6goxmYyz2NDZL7VgGDTujqjBlFBabtP/cxYXRgHF2zQuUjwoUNSR8we3lNHlFJQ41+3jy5MmP4GpU",
-	"XX2pTSGXJGUj38rS2eH+wf4BMuqMcjJjwVHwZP9g/4kr50RyHqD1Ygt+SzT9HAdHwVuqjwvaCRbuJz8+",
-	"OFi4m2zcwkGis7R5Gdlz0XlBVZfkOXPWUJmK9Uuich+1y8yh0UwZkXNXDXxNxxXd7xswkakyArg8IcrO",
-	"BcoLjqwZbuYbkBkbOLDtz4k9VhuYfplR/vL05/VAqpNZMekGsDIU4daCWER5ZqbtA2JMlfNtD62rw4El",
-	"cFWDVfMAVtoURoMLnBko09hy1+kvZ+dQTAMpJVcURWTOj2DkQmMjF1cz74UwEpcj1NHV9cQQRjahNbKG",
-	"KdNol8ZMRUTGRsHbQKVd0l2NtYmAEIi70YpR1NDIE8KBjAmPhdml27QTBvbSAFGC78NLvAAqcp0ys+l6",
-	"SdQLGC3f6xuBInNldojWYiOsGBHurlZigsZaAQYzTdJ7x5QubwJiAqzWEqPFn6mGDD6coSPj6+rgkm4V",
-	"ba5OsfsnKe88dmpNsHih08zqsSZkzhW4W5TGrjQImmjqbAlnYXp3w6xn6ml7sTIS5j+bvZRXn61kwsPG",
-	"BY7Dg8b1DR/4Pm8kN5YbPnTyOKtb3sshyiVBY4Dcg2D5iRnKnRst7XgesbfjmEjthsDptXEqJ0wqHSLr",
-	"GU+vNLLr0sjFSlZIojCYCeURO88O/lZlQ0srAK0vJCBhdKxhWHSal/nMRlReVbEatK1fiXi+EZ7Wo8eF",
-	"2G6bfoOWOb1dopHDntf20UFTRPdAEUZ7AVnUAMbYNRa8DTDsODOJcaZ3uxLAuDjDkjIafGPx7cDdCcEQ",
-	"Qu7R4qe5k6Sup8nGwvTn48AychfauNnTRDYRVAqjMeMEJY23R8xD0USztYuvXYwd4Fz/nuw2s3XCuJHm",
-	"RBpDl5IsdP81ehv9YmPMS8LVhMreyMPaDkgdToIsSAD8eykBtiSNO8j4VbhqXOT3oKo0jHrA0ntySZu2",
-	"yhVTbJzS/jDBJ2y6nk9f23G9syn6MbOUML7WOF/HjU/bIlE9cYsVlxZguYVRiEGuPXpDIt0XRmKmbIzV",
-	"zxpnxhYrmxzcq9jcjC3KPXVC1uPe1i3yoB5OND5FYbz2QAQIenRUGJ+iBsX6DzRnPrw67pUABt/s3azb",
-	"QXVX3evjWRWPJjme1Gyt1hcBQYDO08h2GjiCb3bGI0DMjPbhpXn7go8ODw7h7JrpCIu9TqXQIhKpGtlw",
-	"u72MbeyHiEjJqDJnPoJa2MTGyy64vcxtw2GuX4OkqfG+XPGqgH+cvP/0SEEqIpIWnQBsl4V9OC9nNFMJ",
-	"5ZKItQ2UxiWejtpgjvvnI2VLMdDbS8Q11oNwY9tiAKfJTAZ4hm7Pi+4Rm3NTuHZU0URjUScdWvthQWKV",
-	"8J8V8H+xeHwurus46IGyP7w6bnQ4oMBFTB8VfQ5g53W1+ifbESEsfgAfx5saBo0/uRYLtk1CO1tMyvZe",
-	"fsFoLznf1Wa4L1fDNSfrJBv7M1UaF789ArKoIOuBhE54vOxpFL5FlFLC89nuiyIqhFf6c55SpapAUl8C",
-	"dMIkvSa2BdBqq+ZNMfJfdk0BtPs3cFh1+bqdm/Fadu2a9vfE0Uu3xx+Yq5fv2PtsHyrBmhAY9QEhIVd9",
-	"BPz/iWXLaKRg0gc7VBmdwSTETOo52AZHJfNfZUOM5g1riO/Nk0xFB+flnfif7blcfY3zbAYzKvcss6di",
-	"WqInITxO6TAV0+GEpfQumLHWQns+4gNmIzGDaN8+AsKdjfFI2Swy5mgjMiNjljI9N/YI1loTJDmfEfeO",
-	"KX3iVn6I0K5ry9UhruuuPRRguTsy39WmKyor1tTa1dHpUhub4hM5zWIzpbYksYmBY3x+UnSi2ozRyobd",
-	"nqCNhzGcRWrvvPbBIB9xpooQX9RMbQUkxZQ8hmTBmkt9QXSdZ/dGSExrG1NcoQ8ncg0EpMg1Lex0Y7mb",
-	"KY+cD9h04i54Jy8uXPbicOIiHc5jmx53feU4nQrNSNGI1WFkPMeYviHHNlfLonpLZ6udTr4jR+q8ggeG",
-	"BTBLZjvJ1dbdyJ3qQmId/alpVDe4mvCyPKzqpXVFfZmnEW2txo7wshJNW5pLSNWDaSIkjBqNnEZlJ6Z6",
-	"8OCR8vRluuDYmAm4kLUqVJHGRoe59HThcozplPAQJlJk9Vt4j9RF1SHKFpkp2OECxnl0STWkWJc23cUr",
-	"G2OicdNWzql9zP67BS54kUYDFqf2llcq+BSRTHijt7FrloB1JFUaHJNurlIHQxRGC0tqhXkN7E60OcBS",
-	"FzTBSkYfY2FU6u3re0qUVb27bpfb5j9QGO/t696DeFMix2RqCCJNC6Z8evBjUerAqU2dCg6EGxMXT9Vg",
-	"y9r1Jj9r2przOvv9IcYrArs2Gfl3Mb4nTFYdix44t2WO5MHqH2IM7h5ED2h9WRi5ti04MTy1g73175jW",
-	"NEjbJABlEfh9ZaxWYKDHCFADBZTHDgFV7IfFNJsJvVD1tCE+KnN38I2r25rz1zzcP231IJYYhDCylU5N",
-	"D3JUXNOrahQI+tMKnh38zVY5YUD7Dj2ZjPMSJcC0T3Sf5roq8F0iGt8nVNTWn8ipfw3mnuIijb5QDxwT",
-	"afYEaynm4/Vq6rvqEYq1LNJ5D8uXQWDHSTebrnAXnRqiyKqIjtoD7wy3Sx/sy3NPqqPR8+ceENvJ7a76",
-	"InXwvDMiL/twuF/OZukcsNOozFObu6rhGnZOX50NjJOmaEa4ZpHazEjwCLjGXQxvCew7pvRZ7WrD91WG",
-	"WPSp7WZeVu1ZHqYur+w71IGIKkzcnZBeL/lQqlmNBzvGFRleiTTPaJOKqn10KwtebEm0PnRzVnUK35CY",
-	"CHZf6kR0ncI77lZWDxC3JwNSOa3OwqccypYwm8C54NWwtTD9TwJjf1q04o52btgaNRuRM16ZsI2CFvSc",
-	"efxwgO5fmTYbIT2wmbQKwa57A9wZ0U0jCVs1YTDDcR0TfAuuWyHf6tWm61hz23rTTQinRTGaFyRVzQ84",
-	"FjfUvyrtvZC+GbdvVegaNqbAjWxeKrtgbJflpPdaqVrlpkMQM3vpMp2DOcJeAe1mWcGm8folUqvqJddR",
-	"2pYVk/2qgg2SlL7uMa21AA+jBFYhoiyTXGsiHzPbfOj7VcmdLNfyO1sdLFcLnB5sKMzyiwkQ+PV9zZBy",
-	"bDS8ypbjaytZrCNeq+rHWkp5Vdh0y9xjVyQ3Svj6NwkaX97xxtkPe17LRzQub9VjTJbXP/QkJlXJ7AQj",
-	"J0gnvUrnBeKR5HrldVumLj+S63unms2shoSSGG+3O7PhI+HTpkN9NxtBRJrqPaed76rorxORUmCZu0v8",
-	"+OD5Q63s+JDGgD3He7IzJLm2FIpHsjncn87PT2EH0QBlW/XdXum2/HTzWmX2Bkf+CdarC0R7LmAGg+Cu",
-	"duuWKrH66FYnnShphPcjKdeS0T704y8o0Ip5UU9WlmqB5R6VI9LJoAbEdUaogdBrN/zPI5r2jMV3JMqw",
-	"YWuxUD+kYaYsv5KGlQl3oo9ukqSqfV5PHFtWP38nPsr6kmXYeXrwtOhhzOnun++2uHrVdajZpmL1O8GK",
-	"SwKbgz44tMvG3a3wLT6/cX8RNruCL4Dq/tJDCQv2xAc7IRrTsytq/hWHLoNN41LekCihd+oyYpv3tlUp",
-	"nhPnIjYT6bXWyCEUl5fzWSpIrEKw/Y/34f1ij+CFnsm2RfaYpoJPsaVQratQiOVVKUMbELtb2R5FHMvT",
-	"DH1Gy42IvMXD52SrAEG72lvuxLFhu+G2iYtevFWCrtb+/ql3Gt+3VxHSRXb6X009Nuo83MXUtBzTg0di",
-	"5mmmCTfr0LHIxWUld5t8xBN+b+VLFux+MPcA5VMppvjNYbTfjajZK2pLzQo9QHyd1i8aY295/7Qbp5ZQ",
-	"Otj0O6f3jVtzdA96UzEF27+7h4sTxVwWyVh+6y5N0y85FmrZD1nACCE32h7rqIVW+vLndsiDSCzXa3i9",
-	"yLLKc4dTW7ZOWdFuWN3dal5f5xSujO7aU9xP7LXea/uBC2Mb7aPbcFLo6ReuwtygBD/E4npA36GYbasy",
-	"NEsoHa8EFYhbX9nI4pVxgoUvhh7s/fj522H4/KnvA6HdCk0scO9abrIVCPOiFXabPrCdqv+0wq77lPeu",
-	"Cben+kD104/yZYSXPLBDx6RZq1dve7UbwoxK+3v51shGNXxLKsC6L+1XbT7a74TaoghJ9xKiEqqA2t6w",
-	"Sc4vyw+f0BTLlGqVxTskTUPQiVAUxOSC24675lxl08MRfmJ/gA1/zbClPsCjhU7Co90Q+0tf8GZVM4qX",
-	"fTijWtn+08UKjxSM6l/8Ghk3y7aGlGU3yBcXnJT9/YWEmGRkWnylHbATsbykMYxJDDvoPdIbXfblTYiG",
-	"mRRxHmF3R1eEjX0DyJQwvouHdEBbupdUfKiPsNSCmSmwqo3wC167iAxjoqjtOYJGAdatMw4jdM1cR8ta",
-	"DZk9W+s9HNsN+p5UVbPV9J93H8divvc7OcQRqd3ufd7HcU2XV4ngn9yQ+4uTkZRd0UbX6+Do98+Lt305",
-	"VepFeS3BggNb3divTCFY2qI7eNaMasmilUGx927I/Z3VbaK4b3EqRUZ1QnMFZkpw7kgvrlwxsVtyu8iX",
-	"bcO9CmYf7Yj7AxluwYDk2cGTDcHRQk5my8zSk5WLvi8WlvcQi28XEl59uDBKaNxObM2lq87tv382FoW9",
-	"5mkNmVymmDY0z91c3wpTpayyLZ/Uy7DLh0WipPaoLgFqjwsPo3xQ2/Xt59v/DgAA//8=",
+	"7H1pc9s4FuBfecWdqtjVtCXnmm6ltrZyOOnMJmlP7O7Z3nZWgkhIRJsEFAC0rXj8ab/tz9xfsoUH8JJA",
+	"iZJld6p25sO0QoM43n3h8SaIRDYTnHKtgsFNMCOSZFRTif96Qy9ZRM2vmKpIsplmggeD4J/HH3+FWLJL",
+	"CiwOgR5OD2GE/z5QkWL9URAGzAycEZ0EYcBJRoNBENvpwkDSrzmTNA4GWuY0DFSU0IyYdf4m6SQYBP+l",
+	"V22rZ/+qem43t7dhcHw9E1K/f2Ne8SzE4pWLzIjWVJrX/tcf/YOfyMHky83R89u/BWGg5zMzgdKS8Sku",
+	"te0iEyEzooNBkOc40jPz5JPg9CPRUVIukVASU1kt8n5yYAYd2FH1+TNy/YHyqU6CwVH/8VPfAp9Oy3m/",
+	"5lTOq2m5CrpC/RPJqJoRB/hP+P4iPShOZioRGsz0IYzO837/SfSVZvm/0+sI/0UP7MPLjMWNB7///vvv",
+	"w48fh2/eHPz8s/lxemr/3kJE+J+O2N0rtrB/YBD95eYo/OnW/Xx6O7Q/Hlc/DpaelD98xHFrtqFmgiuK",
+	"7HIixTilmfkZCa4p1+Ynmc1SFhEDqt7MjvjhT2XgdtMRBcW8uGIT8oQDlVJI2Pv89jX89PTZ38GtATHV",
+	"hKVqH/HmpjIrvZRRwi7pZ6ryFDc4k2JGpWb2EBOWuh8FATOunz+tjs+4plMqg9sw4PRqOJ7rzuMV+0Y7",
+	"Db2tI/gP+159udBt80v5qhj/SSNtFnlFoot8tnwwFndgy4LMbjzsVN8RvotD27fwWlKicS4Sx8wgjKQn",
+	"tS1NSKpouLDLMb461MzuYhVZ/MrZ9ZkZdxsGf4rxsOsB1QYsHwZKC0mmdEHkPH72LAwyxksR5FnIPli9",
+	"1LucKn1mBt6GgZENbh2W5Vkw+Kn4H65lnx2tpxa3YzehGx82QNuOtbeMM5VsiDXkwQUQPX/27MlzD1hU",
+	"HkVUqRqNjYVIKeHLB3Ej2zf7OefLhF5upikqrpI56ISCzDlMCEuplzomeHwaD4luUFNMND1A0Hlesmhr",
+	"LmeWUlQpJjggFjpznmeeun6B+sySKiov/UdpSKfmpPi4hIYhGBqDTogGLoASmTIqQXAKCWlsfYUoVB6h",
+	"UUm85vKpmLKIpGC3sReJLGNa09jsRu13W7CAyZBcEpaScdoCu2ryEopKszQFes2UVtXcJRUanidSb0gD",
+	"Sjtht4rdS6o9xdFN8bI7AbJGQFjhrQoJvignKvlhz9SAR+hTRh5crOTZ0wJWlBuR9kcgc87NocNAXBj0",
+	"W/b84gHza0Rnm/JuUV7ba14HIHzdd6TKQ6gb1eTg28uD/2ksp+rn8PDgy00/fP7EZ0qFwRumLt7ziVg+",
+	"U1wusbNTlY5I+7mYujjJ03Rj7c3jKxbrZJiyjOk2wTOjEhSNBI9D6MNESMg5vkC90qbUfX2fIBgznZHZ",
+	"MBNxg6S44I5M0VrOFfXSk3u7IJwNVXyFmy6O2wqErVLvYaBELqNNLSmdc05Tv1CcpfmUcRAzyq0aiJm6",
+	"eKTAveOTiblky3PxcTzo9RKh9MA4pD2KfikICXwc/5Bzdj3o9dzT/6ZEdEH1fz15efaz1x9cIMKVNNtE",
+	"ewkhHylbX3mZr6KUOQ9lGT6Cp3OwA4DEsaRKAUlTcUXjEK4SymEscu7VuivYlV7PmKRqI7VCy90v7/LT",
+	"qzfgII6Gwd7R4x9BEh6LDMZMoyZtsVVarOJlCeMku18/tVCYcVhBTJCwfj47OzmFfDaVJKaOvkAL0AlT",
+	"bvO+XXaituP/cfLL5zPYe/Xy9X8/PfvlZPjp1Zvhyze/HX8+e396vO8lsiU9aFYqwdzAkdORJQjCigbd",
+	"ydvJbTvfh/F4WCfLCUEt5wY3gYEkihYc/WpsAManjmIfqZJmMzKHSHBu9uZj6g19Ia3ToZXbqrHBH58/",
+	"7ffDym953n/6Iz4opNrzvlcnLQHvLUvpMddyvsyuU79pEwYp4xdDTeSU+qm0UAzLb2abepmt5gWGaHx/",
+	"kORqWPyxib8zI4aJTh4pKJViRLk+oDwSMY0H8IHx/Bo5WwGnNAYuNIwp/Hr29uDHEAiP4R+nv3w653Y5",
+	"BSoRV6DyKHEzEgW//vD27ds3h3BClAKmwfiA5rl2qwMGxqAMex6ec69x29XQqIzWQg9PWGo4JmbS8NI8",
+	"M+gKwiAhMnY/I/ObXhqZnorowv6csInwKuy8k4nr7DYXOiuxUNm4Vok47WEdsin+f9bqH1vPuM30JDas",
+	"NNzWJmu871v+3evPltM3lCpTSSLaZNs6HV5QOoOcSzqhkvKIxhAlOb9QoEUeJegWMgWSGtpM57DnmB5K",
+	"ofvu9fDd55evj0N4/BSS/U0NOJ8YqJyaGiF9pVkehEF6HXnpAt/5VTlfiqTpL5Ng8Mca3jbD37JpLqkK",
+	"bsNFlN6X/1V3t5Yx/eU2DN7zSNKMck3Sl1xdUdnmFqh2YqiZwmgDt1nAXcwufwymtst/Ynx9M8LscIIN",
+	"ZtvKtPbFWX0n3R5G/xBjX4x56yDT+ihSU901AhRSbxxYbY9PeIMKzhqvRxCKRVugs5WlVBxyQ3ftziDY",
+	"aL1FlbQhbCrLq25qlb/CtRGHw6GNODz2RxzK+f1hhwjxshmJttpHX3OhSVswkowV5XoAXACO6xj/w6Bl",
+	"25wupGntIOeKxMxYyZEuFBzTqowJGg3nFGCX5f3WRg1kC/tbid+TfFOVvhKcPE9TkDQTly7E2wrUulo2",
+	"b9kgqs0nrjlxfQe+w9VSgQtk5Th3EV1mbchIlDBODyQlMT6wub3Ick6hzsYkHjqnx6g1TnKdCMm+FcGj",
+	"MYtjylEa6eHE+ekZ1YmIh+aRc+QNwgSfpCyyzDRPBYmHWohhapwJnFrlM+PN0XiY0ZiRobMeo4RGFyrP",
+	"hhlTmctMM67yyYRFxgMbVkye8yomGgaGcUSu3d5YNktRf+JmDKglJynaq3xKca+KaKYmbCGkWo82aMJS",
+	"L88xrjThLaEIB79hSzRAaaJz5feaNNNpS7waLc2WKUu/4JqYYyPfi1wPxilBL2C18HSAt2uX+wstOfkJ",
+	"MOf0I5EXyySYuacFPRkLGGOEhmUC5DVNI90SgO6WH3USAZdq3d529nws50Np816LEYJlBx/PtuH8hKVo",
+	"yq0OuyYil13GpcSecPWoTHCddJnuitKLLuPmlHTYns/52DQmsnWWt7tdilj0kdFpLTy3kzw6vY7SXBk/",
+	"dAPF6vSpi0ixSqtWSlUN4CohGmKaUgxVMQ0TSamCvXfHZ9Ar9XDvxrDOLU7WMRPYanV0SIAyBRZSu0mC",
+	"Ck3VJuHVStR4suGdsqfdjaXdZRmpZBNWmoaLWXbKAUfMh5g+hCuiwAgBUFTXd7vSkqzP4MnqrMsStjni",
+	"YXApUn+e3ZJBzxZlmSG2CmutZipSqG5eFzRur7yoEqjCoq+igYVjr2L4k6JqbqVgzxivPz1adqN0oRLX",
+	"lm2sJFWfHD0tbYiFQFmk2aUHAbhnm1xBoUI0ScUUhLSsCZHI0zIGaixEb0Qbra2OoUortzoOjmmcz4aS",
+	"aCZaWdJKG+hB3fiHvb49FRc6QdGn3N9rGQqeZ2O7zorqFQs58z7Cysc3jY10rUorZG/X8QueV5egsNAk",
+	"bZHCA0T3hKUU1FxpmoFhEMwKE/fYLPgC6NecYO4oVzTGv58+CeEqYVECCVFGakdkRiKm592kYj6LN3Zx",
+	"zdqrteIW/qNjiQJObpWCmOsYWsTwAjZKmm7Sa+OoPrFyRtTFbkIAsRHQy9Qr5AWYP4ESMCFy4AwIw8aw",
+	"FzN1AbM8TdV+WBgTMykiqgyi96ZR6DTKfmjTIcb2UrA3M0Z0RyOhZKtdVnytDcZdML4q3brguBdHewE0",
+	"m+k5knhGzCG4ceRAE3WhvOmZmhm4PGdhppVWmRGprn7MPDfTgsGQMeGQoVJq7LPFAilPrVNL/Y4FtjfY",
+	"7BcESB/VXliaQixCYHaDOWfaHCK2yv+eOLuwGZo7mxrLx0KQaB8I13M3kgZSQlVR5Y5S8HsjctSBVz+I",
+	"6TK7poy7Sl9Ns7VOjJvmA+M1NyYgUpL50gnszCs2g7MsbUjRr131A71uKTFw/ksXFC4G8+lXF3EJ3AJt",
+	"B/hsoLSU/CHqoltJ8WKowr3oXU1cUL4bQbtNMUlb7UerA1UK2wZZtaWQHPGEgRRpQzyQOGO8tIMx1kJ8",
+	"hntrkbmbsrGjBte0Anur9MI2sPVUkB09/nFtSqIJ4haFYOO42pwHSzpIpIHxQk0YLcGUMqZlRgnHSqUg",
+	"7CYFPKGMnaOxjsE1eIq7524tK3mStgWLLddLjSmRtvJQUh1iuQS3UQth4/5rGBtn9idsyxjKsmloE++g",
+	"GKrwhIIZC3QmMGy8YbHjbhPcqNy6q4xait1DLS0hjpW5CgOOksofKZuqeAFVRqirwvcrbzO9VeCWfzRJ",
+	"FRCJzoWr4zM26RVRQNSFdSo6ZHuM7HGga6GGOtiXpX3pdjZ3u5ifqkoyOpq4d4jdcQFCJ4Y5lkN3sDeR",
+	"lMbAJkayuBeNq04ltQE968p22OKSe7qwwTwz01eF+uxb1wjXilifmxXjj5RESbeIXwhEY4rQCfwHcKQ3",
+	"T2HWqnb28GiRyLmmMQq0ECi/pKmYUQWMR2ked8TToiG1wvus3wIoXc8Fl3SRLn064Df077ZLiGwYsBdp",
+	"TOVQJ4QPYzL3AB41QpUY5kJDEfJElwyjxhnhc8D314nsducM/eGC1sdzV8TLOIy4GoVQVFqN3I/Rfsey",
+	"aUWjXDI9PzXHd+kAVH3llUsMmtlH5QSJ1jN7xZK5goDmbl+R6EJpMQOmgGCCWdOClWz5JULnRIrrTFzD",
+	"b8eHcGYgxaz1cnkEn49Pz855JLiWxoLBMM7YFrGe/HbsitJDS+hEJWNBZIxljmKmwG5FHZ7zc358SeUc",
+	"IiONxrmGUS+hJNXJtxGOHvWMXTL/NsKqSQWjly5BjHdQB/DKmgE20otK3V24PTznZwkFY6gAwep4DJ9w",
+	"Nw9TMGWXlJs9j64Pxg4eB2b8CPZGaB6N4P/+n/8NIwsX9w+zndH+i3OOiyEz4xrlKCHdILTuxhTcZQjQ",
+	"ohbwsEc3rrVVYqO2m7Wj6jbsPlwxnQABl2EfRSKmI8hoNsZiT2Oz1I5l0LA3qgpTRmGxSfvPfVwYDRhn",
+	"17xA+ahAUUPC59xeTpOXVOJQs48nT578BK5G1dWX2hRySVI28q0snR0d9g/7yKgzysmMBYPgyWH/8Ikr",
+	"50Ry7qH1Qj08dZKPUxYNXIHrlEIi0hj1W0w0OYT3uiAlo/KVCzNa09oQj6LGWGPmr0AKi9H+WQvokRnr",
+	"XR6FoARQQ4Q2otukWGNXKogIB5IqYdCZkNjiIcplehjg0SxpvY+DQfCO6jfF23jKqgdBi31XDenVb9Hf",
+	"flm4kf2431+4jW0c4V6is7R5/dpztXvBOCmPN3P235P+U4/LIjRkIrbCcs/A5fiMTAGLJIz2wXld0tp/",
+	"tHL/tWvflUgLBn98CY1Gz4icuyrqKzquQX8PaV2zCDf6AlW4QT1EwtDpRIqsQKPFCUaYFJWPlMXzvkGQ",
+	"JlMD/QpRKvhi9oFvOsI8nBMLRkeIS0j9ZUb5y5P3wVqk1Bm5mHQD3JgTuLUgFlGemWm3hnQNtkyV87UB",
+	"JQwWJGEwsG5hCa3Lo54VIaqVaa08L8wyF5o0UKaOb05+OT2DYhpIKbmkqIRyPoCRCz6OXOTSvBfCSFyM",
+	"0AqqLoCGMLIpw5E1/ZlGyz9mKiIyNvRqQ8F2SXf52KZaQiDuzjDGqUMjsQ1/jwmPhdml2/R+RVKSEiX4",
+	"IbzEK7Yi1ykzm64Xnb2A0fLNyREoMldmh2iPNwK3RqbYy6uYArN21rI8+cCULu9aqo0lyqdTdBV9fTNc",
+	"WrPWhWNlEYN/kvJWaafmD4tXZs2sHntN5lyBu6dqLHeDoImmzlpzNrx3N8z6/p7OJStjjf6z2WuP9dlK",
+	"JjxqXJE56jcuyPjA92UjubHcUqOTT1/do18OAi8JGgPkHQiWn5mh3LmxgxzPI/b2HBOp/RA4vTJu+4RJ",
+	"pUNkPeNLl25MXRq5aNQKSRQGM6E8YudZ/+9Vvrm0s9C+RQISxooxDIthiWU+szGrV1U0DL2XVyKeb4Sn",
+	"9ehxQczbpmemZU5vl2jkaMdr++igKaJ3QBFGexlzq6kBjG1mfCQbwtlzhijjTO93JYBxcYYlZdS7YfFt",
+	"z926wSBN7tHiJ7mTpK5rzObm2RtnlXWhjesDTWQTQaUwGjNOUNJ4u/A8FE00m+f4GvLYAS64shMrxKhw",
+	"rgnjRpoTaVwJSrLQ/dfobYw8GHdJEq4mVO6MPKztgNThJMiCBMC/lxJgS9K4g4xfhatGqwQPqkrDaAdY",
+	"+kguaNNWuWSKjVO6O0zwCZuu59PXdtzO2RT9pllKGF9rnK/jxqdtsb4dcYsVlxZguYVRiGHEA3pNIr0r",
+	"jMRM2Si2nzVOjS1WtpG4V7G5GVuUe+qErMc7W7fINHs40fgUhfG6AyJA0KOjwvgUNShW2KA58+nVm50S",
+	"QO/G3n677VXdALw+nlXxaJLjScu4ie08gSBA52lkezkM4MbOOADEzOgQXpq3z/noqH8Ep1dMRxh8OZFC",
+	"i0ikamQTGva6u7EfIiIlo8qceQC1wJSNSJ5ze13eBhxdRwxJU+N9ufJgAf88/vjrIwWpiEha9FqwfSwO",
+	"4ayc0UwllEvT1jZQGpd4OmrDZe6fj5QtdkFvLxFXWHHDjW2LIbImMxngGbo9K/pzbM5N4dpRRZuSRZ10",
+	"ZO2HBYlVwn9WwP/F4vG5uKrjYAeU/enVm0YPCQpcxPRR0UkC9l5Xq/9qe06ExQ/g43hTw6DxJ9fEwjai",
+	"aGeLSdlAzS8Y7TXyu9oM9+VquPZvnWTj7kyVxtV6j4AsavR2QELHPF72NArfIkop4fls/0URFcJQcM5T",
+	"qlQVSNqVAJ0wSa+IbbK02qp5W4z8j11TAO3+DRxWXW9v52a8+F67CP89cfTS/fwH5urlLgY+24dKsCYE",
+	"Rn1ASMgV3QHJ/AsLw9FIwbQa9gAzOoNJiJnUc7AtpErmv8yGGM0b1hC/M08yFR2clw/i/2/P5fJbnGcz",
+	"mFF5YJk9FdMSPQnhcUqHqZgOJyyld8GMtRba8xGfMN+LOVr79gAIdzbGI2Xz9JgFj8iMjFnK9NzYI1jN",
+	"TpDkfEbcB6b0sVv5IUK7rvFZh7iuu1hSgOXuyPxQm66oXVlTzVhHp0ttbIpP5DSLzZTaos8mBt7g8+Oi",
+	"19dmjFb2XPcEbTyM4SxSe6t4FwzyGWeqCPFFzdRWQFIsesCQLFhzaVcQXefZvRUSCweMKa7QhxO5BgJS",
+	"5JoWdrqx3M2UA+cDNp24c97JiwuXvTicuCg44LEtQHCd+zidCs1I0erWYWQ8x5i+Icc2V8uiektnq51O",
+	"viNH6qyCB4YFMEtme/XV1t3InepCYh39qWlUN7ia8LI8rOrFi0UFn6fVb62KkfCy1k9bmktI1eVqIiSM",
+	"Gq2yRmWvq3rw4JHydL4659j6CriQtTpfkcZGh7n0dOFyjOmU8NDWIdTuOT5S51UPLlvGp2CPCxjn0QXV",
+	"kGLl33QfL8WMbTmFK75Uh5j9dwuc8yKNBixO7T26VPApIpnwRvdo144CK3WqNDgm3VwtFIYojBaW1Arz",
+	"GtidaHOApS5ogrWiPsbCqNS71/eUKKu6o90uf5jggcJ4717vPIg3JXJMpoYg0rRgyqf9n4pSB05t6lRw",
+	"INyYuHiqBlvWLpD5WdNW9dfZ708xXhHYtcnIf4jxPWGy6gn1wLktcyQPVv8UY3A3TXaA1peFkWsbrxPD",
+	"U3v49YI7pjUN0jYJQFkEfl8ZqxUY2GEEqIECLPdDBFSxHxbTbCb0QtXThviozN3eDVe3Neevebh/2fpM",
+	"LDEIYWQrnZoe5Ki4CFnVKBD0pxU86//dVjlhQPsOXa+M8xIlwLRPdJ/kuiqhXiIa30dq1NZfOap/b+ee",
+	"4iKNzlsPHBNpdl1rKebj9Xr1u+oRirUs0nkPy9dtYM9JN5uucFfJGqLIqoiO2gNvZbdLH+x8dE+qo9FV",
+	"6R4Q28ntrjpPdfC8MyIvduFwv5zN0jlgL1eZpzZ3VcM17J28Ou0ZJ03RjHDNIrWZkeARcI3bLt4S2A9M",
+	"6dPa5ZHvqwyx6ATczbysGuA8TF1e2dmpAxFVmLg7Ib1e8qFUsxoP9owrMrwUaZ7RJhVV++hWFrzY9Gl9",
+	"6Oa06sW+ITER7G/Vieg6hXfcvbcdQNyeDEjltDoLn3Iom+5sAueCV8PWwvS/CIy706IVd7Rzw9ao2Yic",
+	"8VKKbcW0oOfM44cD9O6VabPV1AObSasQ7PpjwJ0R3TSSsBkWBjMc1zHBt+C6FfKtXm26jjW3rTfdhHBa",
+	"FKN5QVLV/ERm0QPgm9LeK/+bcftWha5hYwrcyOalsgvGdllOeq+VqlVuOgQxs9da0zmYIxwU0G6WFWwa",
+	"r18itapech2lbVkxuVtVsEGS0tefp7UW4GGUwCpElGWSa03kN8y2d/p+VXIny7X8klkHy9UCZwc2FGb5",
+	"xQQI/PaxZkg5NhpeZsvxtZUs1hGvVfVjLaW8Kmy6Ze6xK5IbJXy7Nwka3zbyxtmPdryWj2hc3mqHMVle",
+	"/5SWmFQlsxOMnCCd7FQ6LxCPJFerJLWh7s/k6t6pZjOrYfFT3Z8JnzYd6rvZCCLSVB847XxXRX+ViJQC",
+	"y9zd5cf95w+1suNDGgN2dd+RnSHJlaVQPJLN4f58dnYCe4gGKBvX7++UbsuPY69VZm9x5F9gvbpAtOcC",
+	"ZtAL7mq3bqkSq8+addKJkkZ4P5JyLRndhX78BQVaMS/qycpSLbC8Q+WIdNKrAXGdEWog9NoN/+uIpj1j",
+	"8R2JMmyJWyy0G9IwU5bfocPKhDvRRzdJUtU+ryeOLaufvxMfZX3JMuw97T8tukRzuv/Xuy2uXnUdarap",
+	"WP1OsOKSwOagDw7tsjV6K3yLD5zcX4TNruALoLq/7KCEBb86AHZCNKZnl9T8Kw5dBpvGpbwhUULv1GXE",
+	"tkduq1I8I85FbCbSa82nQyguL+ezVJBYhWA7TB/Cx8UuzAtdqW0T8jFNBZ9i06Za36YQy6tShjYg9g+z",
+	"XaA4lqcZ+oyWWz15i4fPyFYBgna1t9yJY8OGzm0TF92OqwRd7QMDT73T+L5ui5AustP/aeqxUW/nLqam",
+	"5ZgdeCRmnmaacLMOHYtcXFZyt8lHPOH3Vr5kwe4H8w6gfCLFFL/qjPa7ETUHRW2pWWEHEF+n9YvW41ve",
+	"P+3GqSWU+pt+Sfa+cWuO7kFvKqZgO6Tv4OJEMZdFMpbfukvT9GuOhVr2UyEwQsiNtsc6aqGVvvyZHfIg",
+	"Est1c14vsqzy3OPUlq1TVjR0Vne3mtfXOYUro7v2FPcTe613M3/gwthGg+42nBR6+oWrMDcowU/duC7b",
+	"dyhm26oMzRJKxytBBeLWVzZi4VF7nGDhm6z9g5++3ByFz5/6PsHardDEAveu5SZbgTAvmo236QPbC/wv",
+	"K+y6T3nv2px7qg+K/ud3TTpEeMkDO3RMmrV69bZX+yHMqLS/l2+NbFTDt6QCrPvSftXms/0Sqy2KkPQg",
+	"ISqhyjY+teXE5adlaIplSrXK4j2SpiHoRCgKYnLObU9jc66y6eHIeIFxD1sqm2FLnZZHC72aR/shdvA+",
+	"582qZhQvh3BKtbIdvosVHikY1b+pNjJulm0NKctukC/OOSm/oCAkxCQj0+I7+IC9nuUFjWFMXEtTTq91",
+	"2fk4IRpmUsR5hN0dXRG2bSE7JYzv4yEd0JbuJRWfQiQstWBmCqxqI/yc1y4iw5goanuOoFFg29RyGKFr",
+	"5jpa1mrI7Nla7+HYftv3pKqazbz/uvs4FvM7v5NDHJHa7d7nfRzX1nqVCP7ZDbm/OBlJ2SVd2YT3A7uk",
+	"nCr1oryWYMGBrW7sd7wQLCsb62ZUSxatDIp9dEPu76xuE8V9ixMpMqoTmiswU4JzR3biyhUTuyW3i3zZ",
+	"RuerYPbZjrg/kOEWDEie9Z/spqez2TKz9GTlou+bkOU9xOLrkIRXn4aMkmY11RKx5ax3M2EpvV3TR9yK",
+	"5CzLbfd0o4kdzAZVALPssC4Fn9p+18XHNexYMIpzddvvl8p+HXW9AWq2vakJ6v47PPhy0w+fP7n94/DL",
+	"3p/q35FS/1aX0/2/+UNhu208jonqnrqc/nC9rsG1/VxXL1Kq07g/ySWxqNuibzZBwH8v7cxfFr3LcVvl",
+	"Fa6qubndXAhKz1MKKqFUh8AisapreXO96lsQf3wxaLPXmi255TLFNLl57ua6KeiurCovn9SvHZQPi8Rg",
+	"7VFd49UeFx51+aC269svt/8vAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -18,10 +18,6 @@ func (h *handler) GetMetrics(context.Context, api.GetMetricsRequestObject) (api.
 	return nil, notYet("the metrics endpoint")
 }
 
-func (h *handler) GetDashboard(context.Context, api.GetDashboardRequestObject) (api.GetDashboardResponseObject, error) {
-	return nil, notYet("the dashboard")
-}
-
 func (h *handler) ListBackupRuns(context.Context, api.ListBackupRunsRequestObject) (api.ListBackupRunsResponseObject, error) {
 	return nil, notYet("the backup run history")
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
+	"github.com/backstop-pve/backstop/internal/dashboard"
 )
 
 // Config holds what the HTTP layer needs beyond its dependencies.
@@ -65,6 +66,8 @@ type handler struct {
 	auth  *authenticator
 	ops   map[string]*operation
 	api   *chi.Mux // the generated routes, used to look up patterns
+
+	dashboard *dashboard.Assets // the web dashboard's embedded files
 }
 
 var _ api.StrictServerInterface = (*handler)(nil)
@@ -75,6 +78,10 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 		cfg.Now = time.Now
 	}
 	_, ops, err := operations()
+	if err != nil {
+		return nil, err
+	}
+	assets, err := dashboard.Load()
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +96,8 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 		auth:    newAuthenticator(deps.Catalog, cfg.AdminToken, cfg.Now),
 		ops:     ops,
 		api:     chi.NewRouter(),
+
+		dashboard: assets,
 	}
 	strict := api.NewStrictHandlerWithOptions(h, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
