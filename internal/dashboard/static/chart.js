@@ -47,7 +47,7 @@ export function lineChart({ id, title, desc, series, width = 720, height = 240, 
 
 // timeline marks snapshots of one guest in time, bar height = size.
 export function timeline({ id, title, desc, items, width = 720, height = 120 }) {
-  const pad = { l: 10, r: 10, t: 10, b: 24 };
+  const pad = { l: 40, r: 40, t: 10, b: 24 };
   const tmin = Math.min(...items.map((p) => p.t)), tmax = Math.max(...items.map((p) => p.t));
   const vmax = Math.max(1, ...items.map((p) => p.v));
   const x = (t) => pad.l + (tmax === tmin ? (width - pad.l - pad.r) / 2 : (t - tmin) / (tmax - tmin) * (width - pad.l - pad.r));
@@ -62,7 +62,7 @@ export function timeline({ id, title, desc, items, width = 720, height = 120 }) 
     svg.append(s("rect", { class: "dot" + (p.failed ? " failed" : ""), x: x(p.t) - 3, y: base - bh, width: 6, height: bh },
       s("title", {}, p.label)));
   }
-  svg.append(s("text", { x: pad.l, y: height - 6 }, when(tmin).slice(0, 16)));
-  if (tmax !== tmin) svg.append(s("text", { x: width - pad.r, y: height - 6, "text-anchor": "end" }, when(tmax).slice(0, 16)));
+  svg.append(s("text", { x: x(tmin), y: height - 6, "text-anchor": "middle" }, when(tmin).slice(0, 16)));
+  if (tmax !== tmin) svg.append(s("text", { x: x(tmax), y: height - 6, "text-anchor": "middle" }, when(tmax).slice(0, 16)));
   return svg;
 }

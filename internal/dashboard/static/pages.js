@@ -39,7 +39,9 @@ async function overview(view) {
 
   out.push(h("h2", {}, "Repository"));
   if (r.status.error) out.push(errorBox(r.status.error));
-  else {
+  else if (!r.status.value.active) {
+    out.push(h("p", { class: "notice", id: "repo-inactive" }, "Repository figures are not available: " + (r.status.value.error || "unknown reason")));
+  } else {
     const s = r.status.value;
     out.push(h("dl", { class: "cards", id: "repo-cards" },
       card("Stored (all namespaces)", bytes(s.stored_bytes)),
@@ -47,8 +49,8 @@ async function overview(view) {
       card("Dedup ratio", s.dedup_ratio ? s.dedup_ratio.toFixed(2) + " ×" : "—"),
       card("Snapshots", s.snapshots),
       card("Chunks", s.chunks),
-      card("Free", s.total > s.used ? bytes(s.avail) : "unbounded (S3)")));
-    if (!s.active) out.push(h("p", { class: "error", role: "alert" }, "Storage inactive: " + (s.error || "unknown")));
+      card("Free", s.total === s.used ? "no fixed capacity" : bytes(s.avail))));
+    out.push(h("p", { class: "muted" }, `Figures as of ${when(s.updated_at)}.`));
   }
   if (r.usage.value) {
     const u = r.usage.value;
@@ -205,7 +207,7 @@ async function snapshot(view, [name]) {
   if (snap.type === "lxc") {
     const files = h("section", { id: "files", "aria-labelledby": "files-h" });
     out.push(h("h2", { id: "files-h" }, "Files"), files);
-    browse(files, name, "/", "/");
+    browse(files, name, [{ label: "/", path: "/", raw: "%2F" }]);
   }
   out.push(h("h2", {}, "Guest configuration"), textBlock(r.config, "guest-config"));
   out.push(h("h2", {}, "Backup log"), textBlock(r.log, "backup-log"));
@@ -220,32 +222,31 @@ function textBlock(res, id) {
   return errorBox(res.error);
 }
 
-// browse lists one directory of a container snapshot; rawDir is the
-// percent-encoded path the API gave (raw_path), passed back unchanged.
-async function browse(box, name, dir, rawDir) {
+// browse lists one directory of a container snapshot. trail is the path
+// from the root as [{label, raw}], raw being the percent-encoded path the
+// API gave (raw_path), passed back unchanged: names need not be UTF-8.
+async function browse(box, name, trail) {
+  const here = trail[trail.length - 1];
   const base = "/snapshots/" + encodeURIComponent(name) + "/files";
-  box.replaceChildren(h("p", { class: "muted" }, "Loading " + dir + " …"));
+  box.replaceChildren(h("p", { class: "muted" }, "Loading " + here.path + " …"));
   let entries;
   try {
-    entries = await getJSON(base + nsq() + "&path=" + rawDir);
+    entries = await getJSON(base + nsq() + "&path=" + here.raw);
   } catch (err) { box.replaceChildren(errorBox(err)); return; }
-  const crumbs = [h("li", {}, h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, "/", "/") }, "/"))];
-  let acc = "";
-  for (const part of dir.split("/").filter(Boolean)) {
-    acc += "/" + part;
-    const p = acc;
-    crumbs.push(h("li", {}, h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, p, encodeURIComponent(p).replaceAll("%2F", "/")) }, part)));
-  }
+  const crumbs = trail.map((c, i) => h("li", {}, i === trail.length - 1
+    ? h("span", { "aria-current": "location" }, c.label)
+    : h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, trail.slice(0, i + 1)) }, c.label)));
   const msg = h("p", { role: "status", class: "muted", id: "download-status" });
   const rows = entries.map((e) => h("tr", {},
     td(e.type === "dir"
-      ? h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, e.path, e.raw_path) }, e.name + "/")
+      ? h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, [...trail, { label: e.name, path: e.path, raw: e.raw_path }]) }, e.name + "/")
       : e.name + (e.link_target ? " → " + e.link_target : "")),
     td(e.type), num(e.type === "file" ? bytes(e.size) : ""), td("0" + (e.mode & 0o7777).toString(8)), td(`${e.uid}:${e.gid}`), td(when(e.mtime)),
     td(e.type === "file" ? h("button", { type: "button", class: "secondary", "data-path": e.path, "aria-label": "Download " + e.path,
       onclick: (ev) => download(ev.currentTarget, name, e, msg) }, "Download") : "")));
   box.replaceChildren(h("nav", { "aria-label": "Directory" }, h("ul", { class: "crumbs" }, crumbs)),
-    table(`Contents of ${dir}`, ["Name", "Type", ["Size", "num"], "Mode", "Owner", "Modified", ""], rows, { id: "file-list", empty: "Empty directory." }), msg);
+    table(`Contents of ${here.path}`, ["Name", "Type", ["Size", "num"], "Mode", "Owner", "Modified", h("span", { class: "visually-hidden" }, "Action")],
+      rows, { id: "file-list", empty: "Empty directory." }), msg);
 }
 
 async function download(btn, name, entry, msg) {
@@ -392,7 +393,7 @@ async function maintenance(view, _args, ctx) {
       if (err.status === 403) { btn.disabled = true; state.admin = false; }
     }
   };
-  const grace = h("input", { name: "grace", type: "number", min: 0, placeholder: "server default" });
+  const grace = h("input", { name: "grace", type: "number", min: 0, class: "wide", placeholder: "server default (24 h)" });
   const gcBtn = h("button", { type: "submit", disabled: !state.admin }, "Start GC");
   const gcForm = h("form", { id: "gc-form", onsubmit: (ev) => { ev.preventDefault(); start("/gc", grace.value ? { grace_seconds: Number(grace.value) } : {}, gcBtn); } },
     h("fieldset", {}, h("legend", {}, "Garbage collection"),
@@ -409,7 +410,7 @@ async function maintenance(view, _args, ctx) {
   } }, h("fieldset", {}, h("legend", {}, "Verify"),
     h("div", { class: "row" }, field("Snapshot (optional)", vsnap), field("Not verified for days", older), vBtn)));
 
-  view.replaceChildren(h("h1", {}, "Maintenance"), pruneForm, pruneOut, h("h2", {}, "GC and verify"), adminNote, gcForm, vForm, taskBox);
+  view.replaceChildren(...[h("h1", {}, "Maintenance"), pruneForm, pruneOut, h("h2", {}, "GC and verify"), adminNote, gcForm, vForm, taskBox].filter(Boolean));
 }
 
 // ------------------------------------------------------------------ tokens
