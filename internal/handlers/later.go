@@ -17,11 +17,3 @@ func notYet(what string) error {
 func (h *handler) GetMetrics(context.Context, api.GetMetricsRequestObject) (api.GetMetricsResponseObject, error) {
 	return nil, notYet("the metrics endpoint")
 }
-
-func (h *handler) ListBackupRuns(context.Context, api.ListBackupRunsRequestObject) (api.ListBackupRunsResponseObject, error) {
-	return nil, notYet("the backup run history")
-}
-
-func (h *handler) ListTasks(context.Context, api.ListTasksRequestObject) (api.ListTasksResponseObject, error) {
-	return nil, notYet("the task listing")
-}
