@@ -190,6 +190,7 @@ func TestDashboard_Browser(t *testing.T) {
 	bk := s.mustToken(backup.RoleBackup)
 	read := s.mustToken(backup.RoleRead)
 	d := makeDashboardData(t, s, bk)
+	s.status.Refresh(t.Context()) // as the server's refresher would
 
 	t.Run("wrong token is refused", func(t *testing.T) {
 		ui(t, ctx, "submit a wrong token",
@@ -220,12 +221,15 @@ func TestDashboard_Browser(t *testing.T) {
 		if failedRows != 1 {
 			t.Errorf("%d failed rows, want 1", failedRows)
 		}
-		if got := textOf(t, ctx, "#failed-summary"); !strings.Contains(got, "1 failed backup") {
+		if got := eval[string](t, ctx, `document.getElementById("failed-summary")?.textContent ?? "(none)"`); !strings.Contains(got, "1 failed backup") {
 			t.Errorf("failure summary %q", got)
 		}
 		missing := textOf(t, ctx, "#missing-guests tbody")
 		if !strings.Contains(missing, "300") || strings.Contains(missing, "200") {
 			t.Errorf("guests without a backup in 26 h: %q; want 300 and not 200", missing)
+		}
+		if got := textOf(t, ctx, "#repo-cards"); !strings.Contains(got, "Snapshots\n3") && !strings.Contains(got, "Snapshots3") {
+			t.Errorf("repository cards %q; want 3 snapshots", got)
 		}
 		if !eval[bool](t, ctx, `document.getElementById("nav-tokens").parentElement.hidden`) {
 			t.Error("API tokens page offered to a read token")
@@ -294,6 +298,40 @@ func TestDashboard_Browser(t *testing.T) {
 		if len(list) != 2 {
 			t.Errorf("after a dry run guest 200 has %d snapshots, want 2", len(list))
 		}
+	})
+
+	testDashboardAdmin(t, ctx, s, shots)
+}
+
+func testDashboardAdmin(t *testing.T, ctx context.Context, s *testServer, shots string) {
+	t.Run("admin verifies and follows the task", func(t *testing.T) {
+		ui(t, ctx, "start verify",
+			chromedp.Click(chromedp.CSS(`#verify-form button[type="submit"]`)),
+			chromedp.WaitVisible(chromedp.CSS(`#maintenance-task .task-watch .badge.ok`)),
+		)
+		screenshot(t, ctx, shots, "06-verify")
+		ui(t, ctx, "open tasks", chromedp.Click(chromedp.CSS(`a[data-page="tasks"]`)), chromedp.WaitVisible(chromedp.ID("tasks")))
+		if got := textOf(t, ctx, "#tasks tbody"); !strings.Contains(got, "verify") {
+			t.Errorf("task list %q lacks the verify task", got)
+		}
+		screenshot(t, ctx, shots, "07-tasks")
+	})
+
+	t.Run("admin creates a token that works", func(t *testing.T) {
+		ui(t, ctx, "create token",
+			chromedp.Click(chromedp.ID("nav-tokens")),
+			chromedp.WaitVisible(chromedp.ID("token-form")),
+			chromedp.SendKeys(chromedp.CSS(`#token-form input[name="name"]`), "report reader"),
+			chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)),
+			chromedp.WaitVisible(chromedp.CSS("#token-created .secret")),
+		)
+		bearer := textOf(t, ctx, "#token-created .secret")
+		wantStatus(t, s.do("GET", "/api/v1/snapshots", bearer, "", nil), http.StatusOK)
+		wantProblem(t, s.do("GET", "/api/v1/tokens", bearer, "", nil), http.StatusForbidden, "forbidden")
+		if got := textOf(t, ctx, "#tokens tbody"); !strings.Contains(got, "report reader") {
+			t.Errorf("token list %q lacks the new token", got)
+		}
+		screenshot(t, ctx, shots, "08-tokens")
 	})
 }
 

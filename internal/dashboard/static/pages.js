@@ -21,7 +21,8 @@ async function settle(obj) {
 
 const notImplemented = (r) => r.error instanceof APIError && r.error.status === 501;
 
-function snapLink(s) { return h("a", { href: "#/snapshot/" + encodeURIComponent(s) }, s); }
+function snapLink(s) { return h("a", { class: "snap", href: "#/snapshot/" + encodeURIComponent(s) }, s); }
+const tm = (t) => h("td", { class: "time" }, when(t));
 function guestLink(vmid) { return h("a", { href: "#/guest/" + vmid }, String(vmid)); }
 const tsOf = (v) => (typeof v === "number" ? v : Date.parse(v) / 1000);
 
@@ -82,7 +83,7 @@ async function overview(view) {
   out.push(table("Backup runs, failed first, then newest first", ["State", "Guest", "Snapshot", "Started", "Finished", ["Size", "num"], ["New", "num"], "Error"],
     recent.map((x) => h("tr", { class: x.state },
       td(badge(x.state)), td(guestLink(x.vmid)), td(x.snapshot_available ? snapLink(x.name) : x.name),
-      td(when(x.started_at)), td(when(x.finished_at)), num(bytes(x.size)), num(bytes(x.new_bytes)), td(x.error || ""))),
+      tm(x.started_at), tm(x.finished_at), num(bytes(x.size)), num(bytes(x.new_bytes)), td(x.error || ""))),
     { id: "recent-runs", empty: "No backups in the last 24 h." }));
 
   // Guests without a successful backup in 26 h.
@@ -91,7 +92,9 @@ async function overview(view) {
   const note = (vmid, type, t) => { const c = last.get(vmid); if (!c || t > c.t) last.set(vmid, { type, t }); };
   for (const s of r.snaps.value || []) note(s.vmid, s.type, s.backup_time);
   for (const g of (r.usage.value && r.usage.value.guests) || []) note(g.vmid, g.type, 0);
-  for (const x of (runsOK ? r.runs.value : [])) note(x.vmid, x.type, x.state === "ok" ? tsOf(x.finished_at || x.started_at) : 0);
+  // A run whose snapshot still exists is counted by the snapshot's backup time;
+  // one whose snapshot was pruned since still was a success at its time.
+  for (const x of (runsOK ? r.runs.value : [])) note(x.vmid, x.type, x.state === "ok" && !x.snapshot_available ? tsOf(x.started_at) : 0);
   const missing = [...last.entries()].filter(([, v]) => v.t < nowS() - 26 * HOUR).sort((a, b) => a[1].t - b[1].t);
   out.push(table("Guests whose newest successful backup is older than 26 hours", ["Guest", "Type", "Last successful backup"],
     missing.map(([vmid, v]) => h("tr", {}, td(guestLink(vmid)), td(v.type), td(v.t ? `${when(v.t)} (${ago(v.t)})` : "never"))),
@@ -106,7 +109,7 @@ async function overview(view) {
     for (const s of snaps) {
       logical += s.size; stored += s.new_bytes || 0;
       L.push({ t: s.backup_time, v: logical }); S.push({ t: s.backup_time, v: stored });
-      rows.push(h("tr", {}, td(when(s.backup_time)), td(snapLink(s.name)), num(bytes(logical)), num(bytes(stored))));
+      rows.push(h("tr", {}, tm(s.backup_time), td(snapLink(s.name)), num(bytes(logical)), num(bytes(stored))));
     }
     out.push(lineChart({ id: "usage-chart", title: `Cumulative logical and stored bytes, namespace ${session.ns}`,
       desc: `After ${snaps.length} snapshots: ${bytes(logical)} logical, ${bytes(stored)} stored as new data (sum of each backup's new bytes).`,
@@ -172,12 +175,12 @@ async function guest(view, [vmid]) {
   }
   out.push(h("h2", {}, "Snapshots"), table(`Snapshots of guest ${id}, newest first`,
     ["Snapshot", "Time", ["Size", "num"], ["New", "num"], ["Exclusive", "num"], "Verify", "Protected", "Notes"],
-    snaps.map((s) => h("tr", {}, td(snapLink(s.name)), td(when(s.backup_time)), num(bytes(s.size)), num(bytes(s.new_bytes)),
+    snaps.map((s) => h("tr", {}, td(snapLink(s.name)), tm(s.backup_time), num(bytes(s.size)), num(bytes(s.new_bytes)),
       num(bytes(s.exclusive_bytes)), td(badge(s.verify_state)), td(s.protected ? badge("protected") : "no"), td(s.notes))),
     { id: "snapshots", empty: "No snapshots of this guest." }));
   if (failedRuns.length) {
     out.push(h("h2", {}, "Failed runs"), table("Failed backup runs of this guest", ["Started", "Error"],
-      failedRuns.map((x) => h("tr", { class: "failed" }, td(when(x.started_at)), td(x.error || "")))));
+      failedRuns.map((x) => h("tr", { class: "failed" }, tm(x.started_at), td(x.error || "")))));
   }
   view.replaceChildren(...out);
 }
@@ -241,7 +244,7 @@ async function browse(box, name, trail) {
     td(e.type === "dir"
       ? h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, [...trail, { label: e.name, path: e.path, raw: e.raw_path }]) }, e.name + "/")
       : e.name + (e.link_target ? " → " + e.link_target : "")),
-    td(e.type), num(e.type === "file" ? bytes(e.size) : ""), td("0" + (e.mode & 0o7777).toString(8)), td(`${e.uid}:${e.gid}`), td(when(e.mtime)),
+    td(e.type), num(e.type === "file" ? bytes(e.size) : ""), td("0" + (e.mode & 0o7777).toString(8)), td(`${e.uid}:${e.gid}`), tm(e.mtime),
     td(e.type === "file" ? h("button", { type: "button", class: "secondary", "data-path": e.path, "aria-label": "Download " + e.path,
       onclick: (ev) => download(ev.currentTarget, name, e, msg) }, "Download") : "")));
   box.replaceChildren(h("nav", { "aria-label": "Directory" }, h("ul", { class: "crumbs" }, crumbs)),
@@ -277,7 +280,7 @@ function taskRow(t, onLog) {
     td(t.kind), td(badge(t.state)),
     td([h("progress", { max: Math.max(1, t.total), value: Math.min(t.done, Math.max(1, t.total)), "aria-label": `${t.kind} progress` }),
       " ", t.total ? Math.floor(100 * t.done / t.total) + " %" : ""]),
-    td(t.snapshot || (t.ns ? "" : "(maintenance)")), td(t.vmid ? guestLink(t.vmid) : ""), td(when(t.created_at)), td(when(t.finished_at)),
+    td(t.snapshot || (t.ns ? "" : "(maintenance)")), td(t.vmid ? guestLink(t.vmid) : ""), tm(t.created_at), tm(t.finished_at),
     td(t.error || ""), td(onLog ? h("button", { type: "button", class: "secondary", onclick: () => onLog(t) }, "Log") : ""));
 }
 
@@ -445,7 +448,7 @@ async function tokens(view) {
     h("div", { class: "row" }, field("Name", name), field("Role", role), field("Namespaces", nss), field("Expires", exp),
       h("button", { type: "submit" }, "Create"))));
   const rows = list.map((t) => h("tr", {}, td(t.id), td(t.name), td(t.role), td(t.namespaces.length ? t.namespaces.join(", ") : "all"),
-    td(when(t.created_at)), td(when(t.expires_at)),
+    tm(t.created_at), tm(t.expires_at),
     td(h("button", { type: "button", class: "danger", "aria-label": "Delete token " + t.name, onclick: async () => {
       if (!confirm(`Delete token ${t.name} (${t.id})? Clients using it stop working.`)) return;
       try { await del("/tokens/" + encodeURIComponent(t.id)); await tokens(view); } catch (err) { created.replaceChildren(errorBox(err)); }
