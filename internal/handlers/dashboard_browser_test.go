@@ -243,6 +243,12 @@ func TestDashboard_Browser(t *testing.T) {
 		if strings.Join(names, ",") != strings.Join(d.snaps200, ",") {
 			t.Errorf("guest 200 snapshots %v, want %v", names, d.snaps200)
 		}
+		exclusive := eval[[]string](t, ctx, `[...document.querySelectorAll("#snapshots tbody tr td:nth-child(5)")].map(td => td.textContent)`)
+		for i, e := range exclusive {
+			if !strings.HasSuffix(e, "B") {
+				t.Errorf("snapshot %d: exclusive bytes %q, want a size", i, e)
+			}
+		}
 		screenshot(t, ctx, shots, "03-guest")
 	})
 

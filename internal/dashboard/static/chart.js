@@ -47,7 +47,7 @@ export function lineChart({ id, title, desc, series, width = 720, height = 240, 
 
 // timeline marks snapshots of one guest in time, bar height = size.
 export function timeline({ id, title, desc, items, width = 720, height = 120 }) {
-  const pad = { l: 40, r: 40, t: 10, b: 24 };
+  const pad = { l: 60, r: 60, t: 16, b: 24 };
   const tmin = Math.min(...items.map((p) => p.t)), tmax = Math.max(...items.map((p) => p.t));
   const vmax = Math.max(1, ...items.map((p) => p.v));
   const x = (t) => pad.l + (tmax === tmin ? (width - pad.l - pad.r) / 2 : (t - tmin) / (tmax - tmin) * (width - pad.l - pad.r));
@@ -57,6 +57,7 @@ export function timeline({ id, title, desc, items, width = 720, height = 120 }) 
     s("title", { id: titleID }, title), s("desc", { id: descID }, desc));
   const base = height - pad.b;
   svg.append(s("line", { class: "axis", x1: pad.l, x2: width - pad.r, y1: base, y2: base }));
+  svg.append(s("text", { x: pad.l - 6, y: pad.t + 4, "text-anchor": "end" }, bytes(vmax)));
   for (const p of items) {
     const bh = Math.max(3, p.v / vmax * (base - pad.t));
     svg.append(s("rect", { class: "dot" + (p.failed ? " failed" : ""), x: x(p.t) - 3, y: base - bh, width: 6, height: bh },

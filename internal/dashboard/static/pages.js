@@ -158,6 +158,11 @@ async function guest(view, [vmid]) {
   });
   if (r.snaps.error) throw r.snaps.error;
   const snaps = r.snaps.value;
+  // The listing leaves out exclusive bytes (a per-snapshot computation); the
+  // details of the newest 50 carry them.
+  const details = await Promise.allSettled(snaps.slice(0, 50).map((s) =>
+    s.exclusive_bytes === undefined ? getJSON("/snapshots/" + encodeURIComponent(s.name) + nsq()) : Promise.resolve(s)));
+  details.forEach((d, i) => { if (d.status === "fulfilled") snaps[i].exclusive_bytes = d.value.exclusive_bytes; });
   const out = [h("ul", { class: "crumbs" }, h("li", {}, h("a", { href: "#/guests" }, "Guests")), h("li", {}, String(id))),
     h("h1", {}, `Guest ${id}`)];
   if (r.usage.value) {
