@@ -30,17 +30,17 @@ func (f dashboardFile) VisitGetDashboardAssetResponse(w http.ResponseWriter) err
 }
 
 func (h *handler) GetDashboard(_ context.Context, req api.GetDashboardRequestObject) (api.GetDashboardResponseObject, error) {
-	return dashboardFile{h.dashboard, dashboard.IndexFile, deref(req.Params.IfNoneMatch)}, nil
+	return dashboardFile{h.dashboard, dashboard.IndexFile, optionalHeader(req.Params.IfNoneMatch)}, nil
 }
 
 func (h *handler) GetDashboardAsset(_ context.Context, req api.GetDashboardAssetRequestObject) (api.GetDashboardAssetResponseObject, error) {
 	if req.File == dashboard.IndexFile || !h.dashboard.Has(req.File) {
 		return nil, backup.Errorf(backup.ErrNotFound, "no dashboard asset %q", req.File)
 	}
-	return dashboardFile{h.dashboard, req.File, deref(req.Params.IfNoneMatch)}, nil
+	return dashboardFile{h.dashboard, req.File, optionalHeader(req.Params.IfNoneMatch)}, nil
 }
 
-func deref(s *string) string {
+func optionalHeader(s *string) string {
 	if s == nil {
 		return ""
 	}

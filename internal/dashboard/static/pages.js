@@ -83,7 +83,7 @@ async function overview(view) {
   out.push(table("Backup runs, failed first, then newest first", ["State", "Guest", "Snapshot", "Started", "Finished", ["Size", "num"], ["New", "num"], "Error"],
     recent.map((x) => h("tr", { class: x.state },
       td(badge(x.state)), td(guestLink(x.vmid)), td(x.snapshot_available ? snapLink(x.name) : x.name),
-      tm(x.started_at), tm(x.finished_at), num(bytes(x.size)), num(bytes(x.new_bytes)), td(x.error || ""))),
+      tm(x.started_at), tm(x.finished_at), num(x.state === "ok" ? bytes(x.size) : "—"), num(x.state === "ok" ? bytes(x.new_bytes) : "—"), td(x.error || ""))),
     { id: "recent-runs", empty: "No backups in the last 24 h." }));
 
   // Guests without a successful backup in 26 h.
