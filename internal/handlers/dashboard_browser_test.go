@@ -339,6 +339,18 @@ func testDashboardAdmin(t *testing.T, ctx context.Context, s *testServer, shots 
 		}
 		screenshot(t, ctx, shots, "08-tokens")
 	})
+
+	t.Run("narrow screen has no page-wide horizontal scrolling", func(t *testing.T) {
+		ui(t, ctx, "phone-sized overview",
+			chromedp.EmulateViewport(390, 844),
+			chromedp.Click(chromedp.CSS(`a[data-page="overview"]`)),
+			chromedp.WaitVisible(chromedp.ID("usage-chart")),
+		)
+		if over := eval[int](t, ctx, `document.documentElement.scrollWidth - document.documentElement.clientWidth`); over > 0 {
+			t.Errorf("the page is %d px wider than a 390 px screen", over)
+		}
+		screenshot(t, ctx, shots, "09-narrow")
+	})
 }
 
 // openFile opens a container snapshot's page and its /etc directory.

@@ -83,7 +83,7 @@ async function overview(view) {
   out.push(table("Backup runs, failed first, then newest first", ["State", "Guest", "Snapshot", "Started", "Finished", ["Size", "num"], ["New", "num"], "Error"],
     recent.map((x) => h("tr", { class: x.state },
       td(badge(x.state)), td(guestLink(x.vmid)), td(x.snapshot_available ? snapLink(x.name) : x.name),
-      tm(x.started_at), tm(x.finished_at), num(x.state === "ok" ? bytes(x.size) : "—"), num(x.state === "ok" ? bytes(x.new_bytes) : "—"), td(x.error || ""))),
+      tm(x.started_at), tm(x.finished_at), num(x.state === "ok" ? bytes(x.size) : "—"), num(x.state === "ok" ? bytes(x.new_bytes) : "—"), td(x.error || "", "err"))),
     { id: "recent-runs", empty: "No backups in the last 24 h." }));
 
   // Guests without a successful backup in 26 h.
@@ -185,7 +185,7 @@ async function guest(view, [vmid]) {
     { id: "snapshots", empty: "No snapshots of this guest." }));
   if (failedRuns.length) {
     out.push(h("h2", {}, "Failed runs"), table("Failed backup runs of this guest", ["Started", "Error"],
-      failedRuns.map((x) => h("tr", { class: "failed" }, tm(x.started_at), td(x.error || "")))));
+      failedRuns.map((x) => h("tr", { class: "failed" }, tm(x.started_at), td(x.error || "", "err")))));
   }
   view.replaceChildren(...out);
 }
@@ -286,7 +286,7 @@ function taskRow(t, onLog) {
     td([h("progress", { max: Math.max(1, t.total), value: Math.min(t.done, Math.max(1, t.total)), "aria-label": `${t.kind} progress` }),
       " ", t.total ? Math.floor(100 * t.done / t.total) + " %" : ""]),
     td(t.snapshot || (t.ns ? "" : "(maintenance)")), td(t.vmid ? guestLink(t.vmid) : ""), tm(t.created_at), tm(t.finished_at),
-    td(t.error || ""), td(onLog ? h("button", { type: "button", class: "secondary", onclick: () => onLog(t) }, "Log") : ""));
+    td(t.error || "", "err"), td(onLog ? h("button", { type: "button", class: "secondary", onclick: () => onLog(t) }, "Log") : ""));
 }
 
 const TASK_HEAD = ["Kind", "State", "Progress", "Snapshot", "Guest", "Created", "Finished", "Error", ""];
