@@ -32,10 +32,10 @@ export function query(params) {
 
 // request calls the API and returns the response; it throws APIError with
 // the problem+json body for any status >= 400.
-export async function request(method, path, { body, token, accept } = {}) {
+export async function request(method, path, { body, token, accept, signal } = {}) {
   const headers = { "Authorization": "Bearer " + (token ?? session.token) };
   if (accept) headers["Accept"] = accept;
-  const init = { method, headers, cache: "no-store", credentials: "omit" };
+  const init = { method, headers, cache: "no-store", credentials: "omit", signal };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -56,6 +56,7 @@ export async function postJSON(path, body) {
   const resp = await request("POST", path, { body });
   return resp.status === 204 ? null : resp.json();
 }
+export async function patchJSON(path, body) { return (await request("PATCH", path, { body })).json(); }
 export async function del(path) { await request("DELETE", path); }
 
 let unauthorized = () => {};

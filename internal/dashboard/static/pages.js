@@ -2,11 +2,13 @@
 // from REST calls; ctx.alive() turns false once the user has moved on, which
 // ends polling.
 
-import { session, getJSON, getText, postJSON, del, request, query, APIError } from "./api.js";
+import { session, getJSON, getText, postJSON, patchJSON, del, request, query, APIError } from "./api.js";
 import { h, bytes, when, ago, badge, table, td, num, errorBox, errText, field } from "./ui.js";
 import { lineChart, timeline } from "./chart.js";
+import { vmRestore, ctRestore } from "./restore.js";
 
-export const state = { admin: false };
+// flash is a one-time message for the next page (after a deletion).
+export const state = { admin: false, flash: "" };
 
 const HOUR = 3600;
 const nowS = () => Math.floor(Date.now() / 1000);
@@ -165,6 +167,7 @@ async function guest(view, [vmid]) {
   details.forEach((d, i) => { if (d.status === "fulfilled") snaps[i].exclusive_bytes = d.value.exclusive_bytes; });
   const out = [h("ul", { class: "crumbs" }, h("li", {}, h("a", { href: "#/guests" }, "Guests")), h("li", {}, String(id))),
     h("h1", {}, `Guest ${id}`)];
+  if (state.flash) { out.push(h("p", { class: "notice", role: "status", id: "flash" }, state.flash)); state.flash = ""; }
   if (r.usage.value) {
     const u = r.usage.value;
     out.push(h("dl", { class: "cards" }, card("Snapshots", u.snapshots), card("Logical", bytes(u.logical_bytes)),
@@ -200,6 +203,13 @@ async function snapshot(view, [name]) {
     log: getText(base + "/log" + nsq()),
     disks: snap.type === "qemu" ? getJSON(base + "/disks" + nsq()) : Promise.resolve(null),
   });
+  const protectedDD = h("dd", { id: "snap-protected" });
+  const notesDD = h("dd", { id: "snap-notes", class: "notes" });
+  const showMeta = (s) => {
+    protectedDD.replaceChildren(s.protected ? badge("protected") : "no");
+    notesDD.textContent = s.notes || "—";
+  };
+  showMeta(snap);
   const out = [h("ul", { class: "crumbs" }, h("li", {}, h("a", { href: "#/guests" }, "Guests")),
     h("li", {}, guestLink(snap.vmid)), h("li", {}, name)),
   h("h1", {}, name),
@@ -207,19 +217,82 @@ async function snapshot(view, [name]) {
     kv("Guest", `${snap.vmid} (${snap.type})`), kv("Backup time", when(snap.backup_time)), kv("Size", bytes(snap.size)),
     kv("New bytes", bytes(snap.new_bytes)), kv("Exclusive bytes", bytes(snap.exclusive_bytes)),
     kv("Verify", [badge(snap.verify_state), snap.verified_at ? " " + when(snap.verified_at) : ""]),
-    kv("Protected", snap.protected ? "yes" : "no"), kv("Storage", snap.storage || "—"), kv("Notes", snap.notes || "—"))];
-  if (r.disks.value) {
-    out.push(h("h2", {}, "Disks"), table("Disks of this VM backup", ["Device", ["Size", "num"]],
-      r.disks.value.map((d) => h("tr", {}, td(d.device), num(bytes(d.size)))), { id: "disks" }));
+    h("dt", {}, "Protected"), protectedDD, kv("Storage", snap.storage || "—"), h("dt", {}, "Notes"), notesDD)];
+  if (snap.type === "qemu") {
+    out.push(h("h2", { id: "restore-h" }, "Disks and restore"));
+    if (r.disks.value) out.push(...vmRestore(name, r.disks.value));
+    else out.push(errorBox(r.disks.error));
   }
   if (snap.type === "lxc") {
+    out.push(h("h2", { id: "restore-h" }, "Restore"), ...ctRestore(name, snap));
     const files = h("section", { id: "files", "aria-labelledby": "files-h" });
     out.push(h("h2", { id: "files-h" }, "Files"), files);
     browse(files, name, [{ label: "/", path: "/", raw: "%2F" }]);
   }
+  out.push(h("h2", {}, "Notes and protection"), metaForm(name, snap, showMeta));
   out.push(h("h2", {}, "Guest configuration"), textBlock(r.config, "guest-config"));
   out.push(h("h2", {}, "Backup log"), textBlock(r.log, "backup-log"));
+  out.push(h("h2", {}, "Delete"), deleteSection(name, snap));
   view.replaceChildren(...out);
+}
+
+// metaForm edits notes and protection (PATCH, role backup or admin).
+function metaForm(name, snap, showMeta) {
+  const notes = h("textarea", { name: "notes", rows: 3, maxlength: 65536, class: "notes-input" });
+  notes.value = snap.notes || "";
+  const prot = h("input", { type: "checkbox", name: "protected", id: "meta-protected", checked: snap.protected });
+  const msg = h("p", { id: "meta-status", role: "status" });
+  const save = h("button", { type: "submit" }, "Save");
+  return h("form", { id: "meta-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    save.disabled = true;
+    msg.className = "muted";
+    msg.textContent = "Saving…";
+    try {
+      const s = await patchJSON("/snapshots/" + encodeURIComponent(name) + nsq(), { notes: notes.value, protected: prot.checked });
+      Object.assign(snap, { notes: s.notes, protected: s.protected });
+      showMeta(s);
+      msg.textContent = `Saved: ${s.protected ? "protected" : "not protected"}, notes ${s.notes ? "set" : "empty"}.`;
+    } catch (err) {
+      msg.className = "error";
+      msg.textContent = "Not saved: " + errText(err);
+    } finally { save.disabled = false; }
+  } }, field("Notes", notes),
+    h("p", { class: "check" }, prot, h("label", { for: "meta-protected" }, "Protected (prune and delete leave it alone)")),
+    h("p", { class: "row" }, save), msg);
+}
+
+// deleteSection asks for a confirmation naming the snapshot in an in-page
+// dialog, then calls DELETE; the API refuses protected snapshots (409).
+function deleteSection(name, snap) {
+  const msg = h("p", { id: "delete-status", role: "status" });
+  const warn = h("p", { class: "notice" });
+  const confirmBtn = h("button", { type: "button", class: "danger", id: "delete-confirm" }, "Delete " + name);
+  const dialog = h("dialog", { id: "delete-dialog", "aria-labelledby": "delete-dialog-h" },
+    h("h2", { id: "delete-dialog-h" }, `Delete snapshot ${name}?`),
+    h("p", {}, `This removes the snapshot of guest ${snap.vmid} taken ${when(snap.backup_time)}. ` +
+      `Chunks only it uses (${bytes(snap.exclusive_bytes)}) are freed by the next GC. It cannot be undone.`),
+    warn,
+    h("p", { class: "row" }, confirmBtn, h("button", { type: "button", class: "secondary", onclick: () => dialog.close() }, "Cancel")));
+  confirmBtn.addEventListener("click", async () => {
+    dialog.close();
+    msg.className = "muted";
+    msg.textContent = "Deleting…";
+    try {
+      await del("/snapshots/" + encodeURIComponent(name) + nsq());
+      state.flash = `Snapshot ${name} deleted.`;
+      location.hash = "#/guest/" + snap.vmid;
+    } catch (err) {
+      msg.className = "error";
+      msg.textContent = (err.status === 409 ? "Refused: " : "Not deleted: ") + errText(err);
+    }
+  });
+  const open = h("button", { type: "button", class: "danger", id: "delete-snapshot", onclick: () => {
+    warn.hidden = !snap.protected;
+    warn.textContent = snap.protected ? "This snapshot is protected: the server will refuse to delete it until protection is removed above." : "";
+    dialog.showModal();
+  } }, "Delete snapshot…");
+  return h("div", {}, h("p", {}, open), msg, dialog);
 }
 
 function kv(k, v) { return [h("dt", {}, k), h("dd", {}, v)]; }
