@@ -353,10 +353,12 @@ func testDashboardAdmin(t *testing.T, ctx context.Context, s *testServer, shots 
 	})
 }
 
-// openFile opens a container snapshot's page and its /etc directory.
+// openFile opens a container snapshot's page and its /etc directory. The
+// page's downloads take their Blob path: headless Chromium cannot answer
+// showSaveFilePicker's dialog (TestDashboard_Restore covers streaming).
 func openFile(t *testing.T, ctx context.Context, snap string) {
 	t.Helper()
-	eval[string](t, ctx, fmt.Sprintf(`location.hash = "#/snapshot/%s"`, snap))
+	eval[string](t, ctx, fmt.Sprintf(`window.showSaveFilePicker = undefined; location.hash = "#/snapshot/%s"`, snap))
 	ui(t, ctx, "open snapshot "+snap,
 		chromedp.WaitVisible(chromedp.ID("file-list")),
 		chromedp.Click(chromedp.Search(`//table[@id="file-list"]//button[text()="etc/"]`)),

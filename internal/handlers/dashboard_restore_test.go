@@ -98,7 +98,9 @@ func TestDashboard_Restore(t *testing.T) {
 	sum := sha256.Sum256(want)
 	wantSHA := hex.EncodeToString(sum[:])
 	ctDir := t.TempDir()
-	for p, b := range map[string][]byte{"etc/hostname": []byte("ct250\n"), "srv/data.bin": bytes.Repeat([]byte("data 250\n"), 40000)} {
+	const ctFile = "srv/it's data.bin" // a quote for the shell command to get right
+	ctData := bytes.Repeat([]byte("data 250\n"), 40000)
+	for p, b := range map[string][]byte{"etc/hostname": []byte("ct250\n"), ctFile: ctData} {
 		if err := os.MkdirAll(filepath.Join(ctDir, filepath.Dir(p)), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -303,5 +305,27 @@ func TestDashboard_Restore(t *testing.T) {
 			t.Errorf("archive: %d bytes decompressed (%v), want the %d-byte tar stream", len(tarBytes), err, len(ctStream))
 		}
 		waitText(t, ctx, "#download-archive-status", "Downloaded "+ct.Name+".tar.zst")
+	})
+
+	t.Run("a container file too large for memory comes with a curl command that quotes its name", func(t *testing.T) {
+		evalAwait[bool](t, ctx, `import("/ui/restore.js").then(m => { m.limits.blobBytes = 64 << 10; return true; })`)
+		ui(t, ctx, "download the file",
+			chromedp.Click(chromedp.Search(`//table[@id="file-list"]//button[text()="srv/"]`)),
+			chromedp.Click(chromedp.CSS(`button[data-path="/srv/it's data.bin"]`)))
+		msg := waitText(t, ctx, "#download-status", "too large")
+		if !strings.Contains(msg, "/srv/it's data.bin is 351.6 KiB") {
+			t.Errorf("message %q; want the path and size", msg)
+		}
+		screenshot(t, ctx, shots, "07-file-too-large")
+		cmd := textOf(t, ctx, "#download-status code.cmd")
+		dir := t.TempDir()
+		c := exec.Command("sh", "-c", cmd)
+		c.Dir, c.Env = dir, append(os.Environ(), "TOKEN="+bk)
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+		if got, err := os.ReadFile(filepath.Join(dir, "it's data.bin")); err != nil || !bytes.Equal(got, ctData) {
+			t.Errorf("the curl command shown got %d bytes (%v), want the file's %d", len(got), err, len(ctData))
+		}
 	})
 }

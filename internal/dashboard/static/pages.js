@@ -2,10 +2,10 @@
 // from REST calls; ctx.alive() turns false once the user has moved on, which
 // ends polling.
 
-import { session, getJSON, getText, postJSON, patchJSON, del, request, query, APIError } from "./api.js";
+import { session, getJSON, getText, postJSON, patchJSON, del, query, APIError } from "./api.js";
 import { h, bytes, when, ago, badge, table, td, num, errorBox, errText, field } from "./ui.js";
 import { lineChart, timeline } from "./chart.js";
-import { vmRestore, ctRestore } from "./restore.js";
+import { vmRestore, ctRestore, downloader } from "./restore.js";
 
 // flash is a one-time message for the next page (after a deletion).
 export const state = { admin: false, flash: "" };
@@ -317,38 +317,19 @@ async function browse(box, name, trail) {
   const crumbs = trail.map((c, i) => h("li", {}, i === trail.length - 1
     ? h("span", { "aria-current": "location" }, c.label)
     : h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, trail.slice(0, i + 1)) }, c.label)));
-  const msg = h("p", { role: "status", class: "muted", id: "download-status" });
+  const msg = h("div", { role: "status", class: "dl-status", id: "download-status" });
+  const fileBase = "/snapshots/" + encodeURIComponent(name) + "/files/content" + nsq() + "&path=";
   const rows = entries.map((e) => h("tr", {},
     td(e.type === "dir"
       ? h("button", { type: "button", class: "linkish", onclick: () => browse(box, name, [...trail, { label: e.name, path: e.path, raw: e.raw_path }]) }, e.name + "/")
       : e.name + (e.link_target ? " → " + e.link_target : "")),
     td(e.type), num(e.type === "file" ? bytes(e.size) : ""), td("0" + (e.mode & 0o7777).toString(8)), td(`${e.uid}:${e.gid}`), tm(e.mtime),
-    td(e.type === "file" ? h("button", { type: "button", class: "secondary", "data-path": e.path, "aria-label": "Download " + e.path,
-      onclick: (ev) => download(ev.currentTarget, name, e, msg) }, "Download") : "")));
+    td(e.type === "file" ? downloader({ label: "Download", apiPath: fileBase + e.raw_path, file: e.name, shown: e.path, size: e.size,
+      alternative: "Download the whole archive above, or restore the container." },
+    undefined, { attrs: { "data-path": e.path, "aria-label": "Download " + e.path }, status: msg }).button : "")));
   box.replaceChildren(h("nav", { "aria-label": "Directory" }, h("ul", { class: "crumbs" }, crumbs)),
     table(`Contents of ${here.path}`, ["Name", "Type", ["Size", "num"], "Mode", "Owner", "Modified", h("span", { class: "visually-hidden" }, "Action")],
       rows, { id: "file-list", empty: "Empty directory." }), msg);
-}
-
-async function download(btn, name, entry, msg) {
-  btn.disabled = true;
-  msg.className = "muted";
-  msg.textContent = "Downloading " + entry.path + " …";
-  try {
-    const resp = await request("GET", "/snapshots/" + encodeURIComponent(name) + "/files/content" + nsq() + "&path=" + entry.raw_path);
-    const url = URL.createObjectURL(await resp.blob());
-    const a = h("a", { href: url, download: entry.name, hidden: true });
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60000);
-    msg.textContent = `Downloaded ${entry.path} (${bytes(entry.size)}).`;
-  } catch (err) {
-    msg.className = "error";
-    msg.textContent = "Download failed: " + errText(err);
-  } finally {
-    btn.disabled = false;
-  }
 }
 
 // ------------------------------------------------------------------- tasks

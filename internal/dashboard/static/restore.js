@@ -24,8 +24,11 @@ const snapPath = (name) => "/snapshots/" + encodeURIComponent(name);
 // curlCommand is what to run instead of a browser download. The token is
 // never put on the page: $TOKEN is the user's to set.
 export function curlCommand(apiPath, file) {
-  return `curl -f -o '${file}' -H "Authorization: Bearer $TOKEN" '${location.origin}/api/v1${apiPath}'`;
+  return `curl -f -o ${shellQuote(file)} -H "Authorization: Bearer $TOKEN" ${shellQuote(location.origin + "/api/v1" + apiPath)}`;
 }
+
+// shellQuote makes s one POSIX shell word (file names come from backups).
+function shellQuote(s) { return "'" + s.replace(/'/g, "'\\''") + "'"; }
 
 function copyable(text, label, id) {
   const code = h("code", { id, class: "cmd", tabindex: "0" }, text);
@@ -48,13 +51,16 @@ function copyable(text, label, id) {
 
 // ---------------------------------------------------------------- downloads
 
-// downloader returns the controls for one download: a button, a progress
-// line and, on request, the curl alternative. what = {label, apiPath, file,
-// size (when known beforehand), alternative (extra advice when too large)}.
-export function downloader(what, id) {
-  const status = h("div", { class: "dl-status", id: id + "-status", role: "status" });
+// downloader returns the controls for one download: a button and a status
+// element for progress and messages (the curl alternative when too large).
+// what = {label, apiPath, file (name to save as), shown (name in messages,
+// default file), size (when known beforehand), alternative (extra advice
+// when too large)}. attrs are extra attributes of the button; status may be
+// shared between several downloaders.
+export function downloader(what, id, { attrs = {}, status } = {}) {
+  status ??= h("div", { class: "dl-status", id: id + "-status", role: "status" });
   const d = { status, onStatus: () => {} };
-  d.button = h("button", { type: "button", class: "secondary", id, onclick: () => download(what, d) }, what.label);
+  d.button = h("button", { type: "button", class: "secondary", id, ...attrs, onclick: () => download(what, d) }, what.label);
   return d;
 }
 
@@ -116,7 +122,7 @@ async function download(what, { button: btn, status, onStatus }) {
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60000);
-    show("ok", `Downloaded ${what.file} (${bytes(n)}) through the browser's memory.`);
+    show("ok", `Downloaded ${what.shown || what.file} (${bytes(n)}) through the browser's memory.`);
   } catch (err) {
     if (abort.signal.aborted) show("muted", "Cancelled.");
     else show("error", "Download failed: " + errText(err));
@@ -127,7 +133,7 @@ async function download(what, { button: btn, status, onStatus }) {
 
 function tooLarge(what, size, limit) {
   return [
-    h("p", {}, `${what.file} is ${size ? bytes(size) : "larger than " + bytes(limit)}: too large to pass through this tab's memory ` +
+    h("p", {}, `${what.shown || what.file} is ${size ? bytes(size) : "larger than " + bytes(limit)}: too large to pass through this tab's memory ` +
       `(limit ${bytes(limit)}), and this browser cannot stream a download to disk (no File System Access API). ` +
       (what.alternative ? what.alternative + " " : "") + "Or download it with curl, setting TOKEN to your API token:"),
     copyable(curlCommand(what.apiPath, what.file), "curl command", null),
