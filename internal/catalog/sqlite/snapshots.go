@@ -52,6 +52,11 @@ func (s *Store) CreateSnapshot(ctx context.Context, snap backup.Snapshot) (backu
 			RETURNING `+snapCols,
 			id, snap.Namespace, snap.Name, jobID, snap.Storage, snap.VMID, string(snap.Type),
 			micros(dbTime(snap.BackupTime)), micros(now), touchNow()))
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO backup_runs (id, ns, name, vmid, type, storage, started_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, id, snap.Namespace, snap.Name, snap.VMID, string(snap.Type), snap.Storage, micros(now))
 		return err
 	})
 	if err != nil {
@@ -195,16 +200,25 @@ func (s *Store) UpdateSnapshotMeta(ctx context.Context, ns, name string, notes *
 }
 
 // DiscardSnapshot removes an open session with its disks, archives, files
-// and blobs. Its chunks stay for GC to judge.
-func (s *Store) DiscardSnapshot(ctx context.Context, id string) error {
+// and blobs, and marks its run failed with reason, in one transaction. Its
+// chunks stay for GC to judge.
+func (s *Store) DiscardSnapshot(ctx context.Context, id, reason string) error {
 	uid, ok := parseID(id)
 	if !ok {
 		return wrapf(notFoundSession(id), "discard snapshot %s", id)
 	}
-	ok, err := exec1(ctx, s.wdb, `DELETE FROM snapshots WHERE id = ? AND state = 'open'`, uid)
-	if err == nil && !ok {
-		err = s.whyNotOpen(ctx, uid, id)
-	}
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		ok, err := exec1(ctx, tx, `DELETE FROM snapshots WHERE id = ? AND state = 'open'`, uid)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return s.whyNotOpenTx(ctx, tx, uid, id)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE backup_runs SET state = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1`,
+			uid, runError(reason), micros(s.nowUTC()))
+		return err
+	})
 	if err != nil {
 		return wrapf(err, "discard snapshot %s", id)
 	}
@@ -244,8 +258,13 @@ func (s *Store) DeleteSnapshot(ctx context.Context, ns, name string) error {
 // whyNotOpen explains why a statement limited to an open session changed
 // nothing: the session is missing or already committed.
 func (s *Store) whyNotOpen(ctx context.Context, uid, id string) error {
+	return s.whyNotOpenTx(ctx, s.rdb, uid, id)
+}
+
+// whyNotOpenTx is whyNotOpen inside a transaction.
+func (s *Store) whyNotOpenTx(ctx context.Context, q querier, uid, id string) error {
 	var state string
-	err := s.rdb.QueryRowContext(ctx, `SELECT state FROM snapshots WHERE id = ?`, uid).Scan(&state)
+	err := q.QueryRowContext(ctx, `SELECT state FROM snapshots WHERE id = ?`, uid).Scan(&state)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return because(notFoundSession(id), err)
