@@ -1,9 +1,11 @@
 package sqlitecat_test
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -188,5 +190,33 @@ func TestStore_NoBusy(t *testing.T) {
 	st, err := s.Stats(ctx)
 	if err != nil || st.Snapshots != 12*20 || st.Chunks != 12*20*50 {
 		t.Fatalf("Stats after the load: %+v, %v", st, err)
+	}
+}
+
+func TestStore_ErrorDetail(t *testing.T) {
+	s := newTestStore(t)
+	_, err := s.SnapshotByName(t.Context(), "default", "qemu-100-2026_11_25-22_00_00")
+	if got, want := backup.Detail(err), "snapshot qemu-100-2026_11_25-22_00_00 not found in namespace default"; got != want {
+		t.Fatalf("Detail: %q, want %q (err %v)", got, want, err)
+	}
+	if !strings.HasPrefix(err.Error(), "catalog: ") {
+		t.Fatalf("error %q lacks the package prefix", err)
+	}
+}
+
+func TestStore_ContextCanceled(t *testing.T) {
+	s := newTestStore(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := s.ListSnapshots(ctx, "default", 0, "")
+	if !errors.Is(err, context.Canceled) || errors.Is(err, backup.ErrUnavailable) {
+		t.Fatalf("ListSnapshots on a canceled context: %v", err)
+	}
+	err = s.AddChunks(ctx, []backup.ChunkInfo{{ID: backup.ChunkID{1}, Size: 1, StoredSize: 1}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("AddChunks on a canceled context: %v", err)
+	}
+	if got, err := s.KnownChunks(t.Context(), []backup.ChunkID{{1}}); err != nil || len(got) != 0 {
+		t.Fatalf("KnownChunks after a canceled add: %v, %v", got, err)
 	}
 }
