@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -17,10 +18,13 @@ import (
 
 // runMigrateCatalog implements `server migrate-catalog`: it copies the
 // embedded catalog (SQLite) into an empty Postgres catalog, for a
-// repository that outgrows one machine. The chunk store is not touched:
-// point the new server at the same BACKSTOP_STORE. Run it with the server
-// stopped; the copy is one Postgres transaction, so a failed run leaves
-// the target empty and can simply be repeated.
+// repository that outgrows one machine. The chunk store stays as it is
+// (point the new server at the same BACKSTOP_STORE), unless
+// --copy-chunks-to names another one: then the chunks and indexes the
+// catalog records are copied there first, with the same encryption key and
+// ids, from BACKSTOP_STORE. Run it with the server stopped; the catalog copy
+// is one Postgres transaction, so a failed run leaves the target empty, and
+// chunk copies are idempotent: a failed run can simply be repeated.
 func runMigrateCatalog(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("server migrate-catalog", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -34,6 +38,8 @@ func runMigrateCatalog(ctx context.Context, args []string, getenv func(string) s
 		to = secret.String(v)
 		return nil
 	})
+	chunksTo := fs.String("copy-chunks-to", "", "also copy the chunks and indexes from BACKSTOP_STORE to this store "+
+		"(s3://bucket?endpoint=… or file:///path; same S3 credentials and encryption key)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,12 +60,16 @@ func runMigrateCatalog(ctx context.Context, args []string, getenv func(string) s
 		}
 		return fmt.Errorf("migrate-catalog: %w", err)
 	}
+	// The store and log settings come from the same environment as serve.
 	cfg := DefaultConfig()
-	if v := getenv("BACKSTOP_LOG_LEVEL"); v != "" {
-		cfg.LogLevel = v
-	}
-	if v := getenv("BACKSTOP_LOG_FORMAT"); v != "" {
-		cfg.LogFormat = v
+	for _, st := range cfg.settings() {
+		if v := getenv(envName(st.name)); v != "" {
+			if st.str != nil {
+				*st.str = v
+			} else {
+				*st.sec = secret.String(v)
+			}
+		}
 	}
 	log := newLogger(cfg, stderr)
 
@@ -68,6 +78,11 @@ func runMigrateCatalog(ctx context.Context, args []string, getenv func(string) s
 		return fmt.Errorf("migrate-catalog: open %s: %w", *from, err)
 	}
 	defer func() { _ = src.Close() }()
+	if *chunksTo != "" {
+		if err := copyChunks(ctx, src, cfg, *chunksTo, log, stdout); err != nil {
+			return fmt.Errorf("migrate-catalog: %w", err)
+		}
+	}
 	report, err := sqlitecat.CopyToPostgres(ctx, src, to, log)
 	if err != nil {
 		return fmt.Errorf("migrate-catalog: %w", err)
@@ -79,7 +94,53 @@ func runMigrateCatalog(ctx context.Context, args []string, getenv func(string) s
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "copied %d rows from %s into Postgres in %s; set BACKSTOP_DATABASE_URL to use it (the chunk store stays as it is)\n",
-		report.Rows(), *from, report.Duration.Round(1e6))
+	next := "set BACKSTOP_DATABASE_URL to use it (the chunk store stays as it is)"
+	if *chunksTo != "" {
+		next = "set BACKSTOP_DATABASE_URL and BACKSTOP_STORE=" + *chunksTo + " to use them"
+	}
+	_, err = fmt.Fprintf(stdout, "copied %d rows from %s into Postgres in %s; %s\n",
+		report.Rows(), *from, report.Duration.Round(1e6), next)
+	return err
+}
+
+// copyChunksWorkers bounds the concurrent chunk transfers.
+const copyChunksWorkers = 8
+
+// copyChunks copies what the catalog records from cfg.Store to the store at
+// url, opened with the same credentials and encryption key.
+func copyChunks(ctx context.Context, cat *sqlitecat.Store, cfg Config, url string, log *slog.Logger, stdout io.Writer) error {
+	if cfg.Store == "" {
+		return errors.New("--copy-chunks-to needs BACKSTOP_STORE, the store to copy from")
+	}
+	if cfg.Store == url {
+		return errors.New("--copy-chunks-to names BACKSTOP_STORE itself")
+	}
+	from, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = from.Close() }()
+	toCfg := cfg
+	toCfg.Store = url
+	to, err := openStore(ctx, toCfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = to.Close() }()
+	rep, err := cat.CopyChunks(ctx, from, to, copyChunksWorkers, log)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "copied %d chunks (%d bytes, %d stored) and %d indexes to %s", rep.Chunks, rep.Bytes,
+		rep.StoredBytes, rep.Indexes, url)
+	if err == nil && rep.BadSkipped > 0 {
+		_, err = fmt.Fprintf(stdout, "; %d chunks marked bad were unreadable and not copied", rep.BadSkipped)
+	}
+	if err == nil && rep.SizeChanged > 0 {
+		_, err = fmt.Fprintf(stdout, "; %d chunks are stored with another size there (other compression settings)", rep.SizeChanged)
+	}
+	if err == nil {
+		_, err = fmt.Fprintln(stdout)
+	}
 	return err
 }

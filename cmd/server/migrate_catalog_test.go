@@ -121,3 +121,118 @@ func TestMigrateCatalog_Errors(t *testing.T) {
 		t.Fatalf("a failed run created %v", matches)
 	}
 }
+
+// TestMigrateCatalog_CopyChunks moves a repository from a file:// store to
+// S3 along with its catalog: every stored chunk and index arrives with its
+// id and content; a chunk marked bad whose object is gone is skipped.
+func TestMigrateCatalog_CopyChunks(t *testing.T) {
+	dsn := testenv.PostgresDSN(t)
+	s3 := testenv.S3(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	env := map[string]string{
+		"BACKSTOP_DATA_DIR": dir, "BACKSTOP_DATABASE_URL": dsn, "BACKSTOP_LOG_LEVEL": "warn",
+		"BACKSTOP_STORE":         "file://" + filepath.Join(dir, "chunks"),
+		"BACKSTOP_S3_ACCESS_KEY": s3.AccessKey, "BACKSTOP_S3_SECRET_KEY": s3.SecretKey,
+	}
+	getenv := func(k string) string { return env[k] }
+	cfg := DefaultConfig()
+	cfg.Store, cfg.S3AccessKey, cfg.S3SecretKey = env["BACKSTOP_STORE"], s3.AccessKey, secret.String(s3.SecretKey)
+	from, err := openStore(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer from.Close()
+
+	src, err := sqlitecat.Open(ctx, sqlitecat.DefaultConfig(filepath.Join(dir, "catalog.db")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []backup.ChunkID
+	contents := map[backup.ChunkID][]byte{}
+	for i := range 20 {
+		data := bytes.Repeat([]byte{byte(i + 1), byte(i * 7)}, 3000+i)
+		id := from.Sum(data)
+		n, err := from.Put(ctx, id, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := src.AddChunks(ctx, []backup.ChunkInfo{{ID: id, Size: int64(len(data)), StoredSize: n}}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		contents[id] = data
+	}
+	// The last chunk was found missing by a verify.
+	bad := ids[19]
+	if err := from.Delete(ctx, []backup.ChunkID{bad}); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.MarkChunksBad(ctx, []backup.ChunkID{bad}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := src.CreateSnapshot(ctx, backup.Snapshot{Namespace: "default", Storage: "backstop", VMID: 100,
+		Type: backup.GuestQemu, BackupTime: time.Date(2026, 11, 25, 22, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	indexKey := "indexes/" + snap.ID + "/drive-scsi0.fidx"
+	index := []byte("an index, as far as this test knows")
+	if err := from.PutObject(ctx, indexKey, index); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.AddDisk(ctx, backup.Disk{SnapshotID: snap.ID, Device: "drive-scsi0", Size: 1 << 20, ChunkSize: 4 << 20,
+		BitmapMode: "none", IndexKey: indexKey}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.CommitSnapshot(ctx, snap.ID, 1<<20, 1<<20, ids[:19]); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	target := "s3://" + testenv.Bucket() + "?endpoint=" + s3.Endpoint + "&insecure=1"
+	var stdout, stderr bytes.Buffer
+	if err := runMigrateCatalog(ctx, []string{"--copy-chunks-to", target}, getenv, &stdout, &stderr); err != nil {
+		t.Fatalf("migrate-catalog: %v\n%s", err, stderr.String())
+	}
+	if out := stdout.String(); !strings.Contains(out, "copied 19 chunks") || !strings.Contains(out, "and 1 indexes") ||
+		!strings.Contains(out, "1 chunks marked bad were unreadable") || !strings.Contains(out, "BACKSTOP_STORE="+target) {
+		t.Fatalf("output:\n%s", out)
+	}
+
+	cfg.Store = target
+	to, err := openStore(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer to.Close()
+	for _, id := range ids[:19] {
+		got, err := to.Get(ctx, id, nil)
+		if err != nil || !bytes.Equal(got, contents[id]) {
+			t.Fatalf("chunk %s in the target: %d bytes, %v", id, len(got), err)
+		}
+	}
+	if _, err := to.Get(ctx, bad, nil); !errors.Is(err, backup.ErrNotFound) {
+		t.Fatalf("the bad chunk in the target: %v, want ErrNotFound", err)
+	}
+	if got, err := to.GetObject(ctx, indexKey); err != nil || !bytes.Equal(got, index) {
+		t.Fatalf("index in the target: %q, %v", got, err)
+	}
+	dst, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(dsn)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if disks, err := dst.ListDisks(ctx, snap.ID); err != nil || len(disks) != 1 || disks[0].IndexKey != indexKey {
+		t.Fatalf("disks in Postgres: %+v, %v", disks, err)
+	}
+
+	// Without a source store there is nothing to copy from.
+	delete(env, "BACKSTOP_STORE")
+	err = runMigrateCatalog(ctx, []string{"--copy-chunks-to", target}, getenv, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "needs BACKSTOP_STORE") {
+		t.Fatalf("migrate-catalog without BACKSTOP_STORE: %v", err)
+	}
+}
