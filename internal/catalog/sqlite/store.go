@@ -164,7 +164,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Store, error) 
 	if err != nil {
 		abs = cfg.Path
 	}
-	return &Store{wdb: wdb, rdb: rdb, path: cfg.Path, lockPrefix: abs, logger: logger, now: now}, nil
+	return &Store{wdb: wdb, rdb: rdb, lockPrefix: abs, logger: logger, now: now}, nil
 }
 
 // Close closes both pools, waiting for queries in progress. The last close
