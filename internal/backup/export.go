@@ -8,6 +8,9 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Export is an NBD export of one disk of a snapshot, for restores. Its Name
@@ -35,6 +38,16 @@ type exportRegistry struct {
 
 func newExportRegistry() *exportRegistry {
 	return &exportRegistry{byID: map[string]*Export{}, byName: map[string]*Export{}}
+}
+
+// counts returns the number of exports and of open connections to them.
+func (r *exportRegistry) counts() (exports, conns int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.byID {
+		conns += e.conns
+	}
+	return len(r.byID), conns
 }
 
 func randomHex(n int) string {
@@ -124,12 +137,16 @@ func (s *Service) OpenExport(name string, remote net.Addr) (*Image, func(), erro
 		return nil, nil, Errorf(ErrNotFound, "no such export")
 	}
 	e.conns++
+	// One span per restore connection: from the NBD handshake to its end.
+	_, span := s.tracer.Start(s.ctx, "backup.restore_export", trace.WithAttributes(
+		attribute.String("namespace", e.Namespace), attribute.String("snapshot", e.Snapshot), attribute.String("disk", e.Device)))
 	var once sync.Once
 	return e.image, func() {
 		once.Do(func() {
 			r.mu.Lock()
 			e.conns--
 			r.mu.Unlock()
+			span.End()
 		})
 	}, nil
 }

@@ -14,10 +14,6 @@ func notYet(what string) error {
 	return backup.Errorf(backup.ErrNotImplemented, "%s is not implemented yet", what)
 }
 
-func (h *handler) GetMetrics(context.Context, api.GetMetricsRequestObject) (api.GetMetricsResponseObject, error) {
-	return nil, notYet("the metrics endpoint")
-}
-
 func (h *handler) GetDashboard(context.Context, api.GetDashboardRequestObject) (api.GetDashboardResponseObject, error) {
 	return nil, notYet("the dashboard")
 }
