@@ -5,6 +5,7 @@
 //	server [serve] [flags]     run the service (default)
 //	server migrate [flags]     apply catalog migrations and exit
 //	server token create …      create an API token and print it once
+//	server healthcheck [--url]  probe /readyz (the container's health check)
 //
 // Configuration comes from BACKSTOP_* environment variables and the
 // matching flags; `server -h` lists them.
@@ -66,6 +67,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), newLogger(cfg, stderr))
 	case "token":
 		return runToken(ctx, args, getenv, stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: server [serve|migrate|token create] [flags]; server serve -h lists the flags")
 		return nil

@@ -14,11 +14,16 @@ import (
 	"github.com/backstop-pve/backstop/internal/telemetry"
 )
 
+// version is set at build time (-ldflags "-X main.version=…", see
+// deploy/Dockerfile) and reported as the service.version resource attribute.
+var version = "dev"
+
 // otelConfig reads the standard OpenTelemetry variables (only here: no
 // package below cmd reads the environment).
 func otelConfig(getenv func(string) string) telemetry.Config {
 	c := telemetry.Config{
 		ServiceName:        getenv("OTEL_SERVICE_NAME"),
+		ServiceVersion:     version,
 		ResourceAttributes: getenv("OTEL_RESOURCE_ATTRIBUTES"),
 		TracesExporter:     strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER")),
 		OTLPEndpoint:       getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),

@@ -77,8 +77,10 @@ type consoleSpan struct {
 	Name        string
 	SpanContext struct{ TraceID, SpanID string }
 	Parent      struct{ TraceID, SpanID string }
-	Links       []struct{ SpanContext struct{ TraceID, SpanID string } }
-	Status      struct{ Code string }
+	Links       []struct {
+		SpanContext struct{ TraceID, SpanID string }
+	}
+	Status struct{ Code string }
 }
 
 func parseSpans(t *testing.T, b []byte) []consoleSpan {

@@ -138,7 +138,7 @@ func (s *Service) OpenExport(name string, remote net.Addr) (*Image, func(), erro
 	}
 	e.conns++
 	// One span per restore connection: from the NBD handshake to its end.
-	_, span := s.tracer.Start(s.ctx, "backup.restore_export", trace.WithAttributes(
+	_, span := s.tracerOrNoop().Start(context.Background(), "backup.restore_export", trace.WithAttributes(
 		attribute.String("namespace", e.Namespace), attribute.String("snapshot", e.Snapshot), attribute.String("disk", e.Device)))
 	var once sync.Once
 	return e.image, func() {

@@ -192,6 +192,15 @@ func firstLineOf(s string) string {
 	return s
 }
 
+// tracerOrNoop returns the Service's tracer, or a no-op one for a Service
+// built bare in a unit test.
+func (s *Service) tracerOrNoop() trace.Tracer {
+	if s.tracer == nil {
+		return tracenoop.NewTracerProvider().Tracer(instrumentationName)
+	}
+	return s.tracer
+}
+
 // telemetryProviders returns the configured providers or no-op ones.
 func telemetryProviders(cfg ServiceConfig) (trace.TracerProvider, metric.MeterProvider) {
 	tp, mp := cfg.TracerProvider, cfg.MeterProvider

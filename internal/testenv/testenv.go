@@ -24,6 +24,9 @@ const (
 	PeerPostgres = "pg"
 	PeerS3       = "s3"
 	PeerQEMU     = "qemu"
+	// PeerCompose is `docker compose` (the plugin) or Debian's
+	// docker-compose, used to validate docker-compose.yml; no engine needed.
+	PeerCompose = "compose"
 )
 
 // Missing skips t, or fails it when peer is required.
