@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"gopkg.in/yaml.v3"
 
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
@@ -264,7 +267,11 @@ func backupDisk(t *testing.T, c opsClient, uri string, size int64) opsSession {
 // bucket directory: what the backup really wrote to S3.
 func chunkObjectBytes(t *testing.T, bucketDir string) (total int64, count int) {
 	t.Helper()
-	err := filepath.WalkDir(filepath.Join(bucketDir, "chunks"), func(p string, d fs.DirEntry, err error) error {
+	root := filepath.Join(bucketDir, "chunks")
+	if _, err := os.Stat(root); errors.Is(err, fs.ErrNotExist) {
+		return 0, 0 // none yet, or all collected
+	}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -352,6 +359,7 @@ func TestMetrics_BackupAndRestore(t *testing.T) {
 		}
 		t.Logf("%s%v = %v", ch.name, ch.labels, got)
 	}
+	afterBackup := m
 	if storedChunks != 3 { // slots 0, 2 and 5; 3 is a duplicate, 1 and 4 are zero
 		t.Errorf("bucket holds %d chunk objects, want 3", storedChunks)
 	}
@@ -382,8 +390,8 @@ func TestMetrics_BackupAndRestore(t *testing.T) {
 	if got := value(t, m, "backstop_store_requests_total", map[string]string{"operation": "get_chunk", "result": "ok"}); got < 3 {
 		t.Errorf("get_chunk requests after a restore: %v, want at least 3", got)
 	}
-	if _, ok := lookup(m, "backstop_store_requests_total", map[string]string{"operation": "get_chunk", "result": "error"}); ok {
-		t.Error("failed get_chunk requests during the restore")
+	if got := value(t, m, "backstop_store_requests_total", map[string]string{"operation": "get_chunk", "result": "error"}); got != 0 {
+		t.Errorf("%v failed get_chunk requests during the restore", got)
 	}
 
 	// Restore over NBD: the export shows while it exists.
@@ -411,6 +419,106 @@ func TestMetrics_BackupAndRestore(t *testing.T) {
 	// The pull read nothing more during the restores.
 	if got := value(t, m, "backstop_nbd_read_bytes_total", nil); got != float64(dataBytes) {
 		t.Errorf("NBD bytes read after the restores: %v, want %d", got, dataBytes)
+	}
+
+	// Verify, then delete the snapshot and collect: the runs count, and GC
+	// frees exactly what the backup stored.
+	waitTask := func(path string, body any) {
+		t.Helper()
+		var task struct {
+			TaskID string `json:"task_id"`
+		}
+		c.must("POST", path, body, http.StatusAccepted, &task)
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+			var tv struct{ State, Error string }
+			c.must("GET", "/api/v1/tasks/"+task.TaskID, nil, http.StatusOK, &tv)
+			if tv.State == "ok" {
+				return
+			}
+			if tv.State != "running" || time.Now().After(deadline) {
+				t.Fatalf("%s task: %+v", path, tv)
+			}
+		}
+	}
+	waitTask("/api/v1/verify", map[string]any{})
+	c.must("DELETE", "/api/v1/snapshots/"+s.Name, nil, http.StatusNoContent, nil)
+	waitTask("/api/v1/gc", map[string]any{"grace_seconds": 0})
+	m = c.metrics()
+	if left, _ := chunkObjectBytes(t, bucketDir); left != 0 {
+		t.Errorf("GC left %d bytes of chunks", left)
+	}
+	for _, ch := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"backstop_gc_freed_bytes_total", nil, float64(storedBytes)},
+		{"backstop_gc_removed_total", nil, float64(storedChunks)},
+		{"backstop_maintenance_runs_total", map[string]string{"kind": "gc", "result": "ok"}, 1},
+		{"backstop_maintenance_runs_total", map[string]string{"kind": "gc", "result": "error"}, 0},
+		{"backstop_maintenance_runs_total", map[string]string{"kind": "verify", "result": "ok"}, 1},
+		{"backstop_maintenance_last_run_ok", map[string]string{"kind": "gc"}, 1},
+		{"backstop_maintenance_last_run_ok", map[string]string{"kind": "verify"}, 1},
+		{"backstop_verify_failed_snapshots_total", nil, 0},
+		{"backstop_store_requests_total", map[string]string{"operation": "delete_chunks", "result": "ok"}, 1},
+	} {
+		if got := value(t, m, ch.name, ch.labels); got != ch.want {
+			t.Errorf("%s%v = %v, want %v", ch.name, ch.labels, got, ch.want)
+		}
+	}
+	t.Run("alert_rules", func(t *testing.T) { checkAlertRules(t, afterBackup, m) })
+}
+
+// checkAlertRules checks that every metric the alert rules name is on
+// /metrics (in one of the scrapes: after a backup, after GC and verify),
+// with the labels they select on.
+func checkAlertRules(t *testing.T, scrapes ...map[string]*dto.MetricFamily) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "prometheus", "backstop.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatalf("rules: %v", err)
+	}
+	// name{label="value",…}: the selectors of an expression.
+	selector := regexp.MustCompile(`(backstop_[a-z_]+)(\{([^}]*)\})?`)
+	matcher := regexp.MustCompile(`([a-z_]+)="([^"]*)"`)
+	alerts := map[string]bool{}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			alerts[r.Alert] = true
+			sels := selector.FindAllStringSubmatch(r.Expr, -1)
+			if len(sels) == 0 {
+				t.Errorf("alert %s names no backstop metric: %s", r.Alert, r.Expr)
+			}
+			for _, sel := range sels {
+				labels := map[string]string{}
+				for _, lm := range matcher.FindAllStringSubmatch(sel[3], -1) {
+					labels[lm[1]] = lm[2]
+				}
+				found := false
+				for _, m := range scrapes {
+					_, ok := lookup(m, sel[1], labels)
+					found = found || ok
+				}
+				if !found {
+					t.Errorf("alert %s: no series %s%v on /metrics", r.Alert, sel[1], labels)
+				}
+			}
+		}
+	}
+	for _, want := range []string{"BackstopBackupMissing", "BackstopGCFailed", "BackstopVerifyFailed"} {
+		if !alerts[want] {
+			t.Errorf("alert rules lack %s", want)
+		}
 	}
 }
 

@@ -57,6 +57,14 @@ func InstrumentStore(next Store, tp trace.TracerProvider, mp metric.MeterProvide
 		metric.WithDescription("Bytes sent to (put) and received from (get) the chunk store, as stored.")); err != nil {
 		return nil, err
 	}
+	// Start the ok and error series of every operation at zero, so that a
+	// first failure is an increase that alert rules see.
+	for _, op := range []string{"put_chunk", "get_chunk", "delete_chunks", "put_object", "get_object", "delete_object"} {
+		for _, result := range []string{"ok", "error"} {
+			s.requests.Add(context.Background(), 0, metric.WithAttributes(
+				attribute.String("operation", op), attribute.String("result", result)))
+		}
+	}
 	return s, nil
 }
 
