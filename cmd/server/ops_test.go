@@ -467,6 +467,7 @@ func TestMetrics_BackupAndRestore(t *testing.T) {
 		}
 	}
 	t.Run("alert_rules", func(t *testing.T) { checkAlertRules(t, afterBackup, m) })
+	t.Run("documented", func(t *testing.T) { checkDocumentedMetrics(t, afterBackup, m) })
 }
 
 // checkAlertRules checks that every metric the alert rules name is on
@@ -530,4 +531,34 @@ func fileSHA(t *testing.T, path string) string {
 	}
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// checkDocumentedMetrics checks that every metric docs/operations.md names
+// is on /metrics, and that every backstop_* metric there is documented.
+func checkDocumentedMetrics(t *testing.T, scrapes ...map[string]*dto.MetricFamily) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	names := regexp.MustCompile("`((?:backstop|http_server)_[a-z_]+|target_info)`").FindAllStringSubmatch(doc, -1)
+	if len(names) < 20 {
+		t.Fatalf("docs/operations.md names %d metrics", len(names))
+	}
+	for _, n := range names {
+		found := false
+		for _, m := range scrapes {
+			found = found || m[n[1]] != nil
+		}
+		if !found {
+			t.Errorf("docs/operations.md names %s, which is not on /metrics", n[1])
+		}
+	}
+	for _, m := range scrapes {
+		for name := range m {
+			if strings.HasPrefix(name, "backstop_") && !strings.Contains(doc, "`"+name+"`") {
+				t.Errorf("%s is on /metrics but not in docs/operations.md", name)
+			}
+		}
+	}
 }
