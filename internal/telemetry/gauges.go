@@ -68,10 +68,9 @@ type LastBackups struct {
 	list     func(context.Context) ([]backup.LastBackup, error)
 	interval time.Duration
 
-	mu      sync.Mutex
-	cur     []backup.LastBackup // guarded by mu
-	ok      bool                // guarded by mu; the last refresh succeeded
-	updated time.Time           // guarded by mu
+	mu  sync.Mutex
+	cur []backup.LastBackup // guarded by mu
+	ok  bool                // guarded by mu; the last refresh succeeded
 }
 
 // NewLastBackups registers the gauges on mp; list is the catalog query.
@@ -145,5 +144,5 @@ func (l *LastBackups) Refresh(ctx context.Context) {
 		}
 		return
 	}
-	l.cur, l.updated = list, time.Now()
+	l.cur = list
 }
