@@ -64,15 +64,16 @@ type Config struct {
 
 // Validate checks the exporter choice.
 func (c Config) Validate() error {
+	var errs []error
 	switch c.TracesExporter {
 	case "", ExporterNone, ExporterOTLP, ExporterConsole:
 	default:
-		return fmt.Errorf("OTEL_TRACES_EXPORTER %q: want otlp, console or none", c.TracesExporter)
+		errs = append(errs, fmt.Errorf("OTEL_TRACES_EXPORTER %q: want otlp, console or none", c.TracesExporter))
 	}
 	if _, err := parseResourceAttributes(c.ResourceAttributes); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Telemetry is the set of providers the server passes to its components.
