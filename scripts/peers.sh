@@ -17,6 +17,15 @@ peers_install() {
 		apt-get update -qq >/dev/null
 		apt-get install -y -qq --no-install-recommends qemu-utils nbdkit libnbd-bin nbdfuse fuse3 tar acl attr chromium >/dev/null
 	fi
+	# docker-compose.yml is validated with the compose CLI (no engine):
+	# the docker plugin when present, else Debian's docker-compose.
+	if ! { command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; } &&
+		! command -v docker-compose >/dev/null 2>&1; then
+		echo "peers: installing docker-compose (to validate docker-compose.yml)" >&2
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq >/dev/null
+		apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+	fi
 	VERSITYGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
 	if [ ! -x "$VERSITYGW" ] || ! go version -m "$VERSITYGW" 2>/dev/null | grep -q 'github.com/versity/versitygw[[:space:]]*v1.8.0'; then
 		echo "peers: building versitygw v1.8.0 (about a minute the first time)" >&2

@@ -5,6 +5,7 @@
 //	server [serve] [flags]     run the service (default)
 //	server migrate [flags]     apply catalog migrations and exit
 //	server token create …      create an API token and print it once
+//	server healthcheck [--url]  probe /readyz (the container's health check)
 //
 // Configuration comes from BACKSTOP_* environment variables and the
 // matching flags; `server -h` lists them.
@@ -66,6 +67,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), newLogger(cfg, stderr))
 	case "token":
 		return runToken(ctx, args, getenv, stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: server [serve|migrate|token create] [flags]; server serve -h lists the flags")
 		return nil
@@ -82,13 +85,22 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	if cfg.Store == "" {
 		return errors.New("BACKSTOP_STORE is required (s3://bucket?endpoint=host:port or file:///path)")
 	}
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), log)
+	tel, log, err := setupTelemetry(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, tel.Shutdown(context.WithoutCancel(ctx))) }()
+	cat, err := catalog.Open(ctx, tel.catalog(catalog.DefaultConfig(secret.String(cfg.DatabaseURL))), log)
 	if err != nil {
 		return fmt.Errorf("open catalog: %w", err)
 	}
 	defer cat.Close()
 
 	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	traced, err := tel.store(store)
 	if err != nil {
 		return err
 	}
@@ -99,7 +111,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	}
 	svcCfg := backup.DefaultServiceConfig()
 	svcCfg.GC = gcCfg
-	backups := backup.NewService(log, svcCfg, cat, store, store, nbd.Opener{})
+	tel.service(&svcCfg)
+	backups := backup.NewService(log, svcCfg, cat, traced, traced, nbd.Opener{})
 	defer backups.Close() // after the HTTP server: cancels and waits for running pulls
 
 	var tlsConfig *tls.Config
@@ -118,17 +131,23 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	defer nbdLn.Close()
 
 	status := handlers.NewStatusCache(log, cat.Stats, storeCapacity(cfg.Store), statusInterval)
-	h, err := handlers.New(log, handlers.Config{
-		AdminToken:   string(cfg.AdminToken),
-		NBDAdvertise: cfg.NBDAdvertise,
-		NBDPort:      nbdLn.Addr().(*net.TCPAddr).Port,
-	}, handlers.Deps{
+	deps := handlers.Deps{
 		Catalog: cat,
 		Backups: backups,
 		Status:  status,
 		NBD:     nbdServer,
 		Ready:   []func(context.Context) error{cat.Ping, store.Ping},
-	})
+	}
+	tel.handlers(&deps)
+	refreshGauges, err := tel.catalogMetrics(cat)
+	if err != nil {
+		return err
+	}
+	h, err := handlers.New(log, handlers.Config{
+		AdminToken:   string(cfg.AdminToken),
+		NBDAdvertise: cfg.NBDAdvertise,
+		NBDPort:      nbdLn.Addr().(*net.TCPAddr).Port,
+	}, deps)
 	if err != nil {
 		return err
 	}
@@ -168,6 +187,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 	g.Go(func() error { return nbdServer.Serve(gctx, nbdLn) })
 	g.Go(func() error { status.Run(gctx); return nil })
 	g.Go(func() error { backups.RunSchedule(gctx, schedule); return nil })
+	g.Go(func() error { refreshGauges(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)

@@ -1,19 +1,9 @@
 package handlers
 
-import (
-	"context"
+import "github.com/backstop-pve/backstop/internal/backup"
 
-	"github.com/backstop-pve/backstop/api"
-	"github.com/backstop-pve/backstop/internal/backup"
-)
-
-// Operations of the contract that later issues implement. Each answers 501
-// with a problem that says so; the README lists them.
-
+// notYet answers 501 for a part of the contract this server cannot serve
+// as configured (e.g. NBD exports without an NBD server).
 func notYet(what string) error {
 	return backup.Errorf(backup.ErrNotImplemented, "%s is not implemented yet", what)
-}
-
-func (h *handler) GetMetrics(context.Context, api.GetMetricsRequestObject) (api.GetMetricsResponseObject, error) {
-	return nil, notYet("the metrics endpoint")
 }

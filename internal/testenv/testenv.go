@@ -27,6 +27,9 @@ const (
 	PeerS3       = "s3"
 	PeerQEMU     = "qemu"
 	PeerBrowser  = "browser" // headless Chromium for the dashboard tests
+	// PeerCompose is `docker compose` (the plugin) or Debian's
+	// docker-compose, used to validate docker-compose.yml; no engine needed.
+	PeerCompose = "compose"
 )
 
 // Missing skips t, or fails it when peer is required.
