@@ -91,11 +91,14 @@ func (t *serverTelemetry) handlers(d *handlers.Deps) {
 	d.Telemetry = &handlers.Telemetry{TracerProvider: t.TracerProvider, MeterProvider: t.MeterProvider, Propagator: t.Propagator}
 }
 
-// catalogMetrics registers the catalog gauges (pool, last backup per
-// guest) and returns the loop that refreshes the latter until ctx ends.
-func (t *serverTelemetry) catalogMetrics(cat *catalog.Store) (run func(ctx context.Context), err error) {
-	if err := telemetry.RegisterPoolStats(t.MeterProvider, cat.PoolStat); err != nil {
-		return nil, fmt.Errorf("catalog pool metrics: %w", err)
+// catalogMetrics registers the catalog gauges (last backup per guest, and
+// the connection pool of a Postgres catalog) and returns the loop that
+// refreshes the former until ctx ends.
+func (t *serverTelemetry) catalogMetrics(cat backup.Catalog) (run func(ctx context.Context), err error) {
+	if pg, ok := cat.(*catalog.Store); ok {
+		if err := telemetry.RegisterPoolStats(t.MeterProvider, pg.PoolStat); err != nil {
+			return nil, fmt.Errorf("catalog pool metrics: %w", err)
+		}
 	}
 	last, err := telemetry.NewLastBackups(t.log, t.MeterProvider, cat.LastBackups, lastBackupInterval)
 	if err != nil {
