@@ -60,9 +60,15 @@ type SnapshotCatalog interface {
 	// (AddChunks), else ErrInvalid. Committing a committed snapshot is
 	// ErrConflict.
 	CommitSnapshot(ctx context.Context, id string, size, newBytes int64, refs []ChunkID) (Snapshot, error)
-	// DiscardSnapshot removes an open session and what was attached to it.
-	// A committed snapshot is never discarded: ErrConflict.
-	DiscardSnapshot(ctx context.Context, id string) error
+	// DiscardSnapshot removes an open session and what was attached to it,
+	// and records its run as failed with reason, in one transaction. A
+	// committed snapshot is never discarded: ErrConflict.
+	DiscardSnapshot(ctx context.Context, id, reason string) error
+	// ListBackupRuns returns the history of backup sessions f selects,
+	// newest first: one run per session ever opened (CreateSnapshot),
+	// running while open, ok once committed, failed once discarded. Runs
+	// outlive their snapshots.
+	ListBackupRuns(ctx context.Context, f BackupRunFilter) ([]BackupRun, error)
 	// DeleteSnapshot removes a committed snapshot and drops its chunk
 	// references. A protected snapshot is ErrConflict.
 	DeleteSnapshot(ctx context.Context, ns, name string) error
@@ -188,6 +194,9 @@ type TaskCatalog interface {
 	GetTask(ctx context.Context, id string) (Task, error)
 	// ListTasks returns the tasks of a snapshot or session, oldest first.
 	ListTasks(ctx context.Context, snapshotID string) ([]Task, error)
+	// FindTasks returns the tasks f selects, newest first, with the name
+	// and guest of their snapshot or session while it exists.
+	FindTasks(ctx context.Context, f TaskFilter) ([]Task, error)
 	UpdateTaskProgress(ctx context.Context, id string, done, total int64) error
 	// FinishTask sets the final state (TaskOK or TaskError with errMsg).
 	FinishTask(ctx context.Context, id string, state TaskState, errMsg string) error

@@ -176,7 +176,11 @@ func (s *Service) discardAbandoned(ctx context.Context, tlog func(string, ...any
 	}
 	n := 0
 	for _, sess := range sessions {
-		err := s.Discard(ctx, sess)
+		reason := fmt.Sprintf("abandoned: not committed within %s of its start", s.cfg.GC.SessionTimeout)
+		if why := s.FailedTaskReason(ctx, sess.ID); why != "" {
+			reason += "; " + why
+		}
+		err := s.Discard(ctx, sess, reason)
 		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
 			continue // committed or discarded meanwhile
 		}

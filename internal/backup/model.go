@@ -216,13 +216,17 @@ type Task struct {
 	Kind       string // "backup-disk", "gc", "verify", ...
 	Namespace  string
 	SnapshotID string // "" when not tied to a snapshot
-	State      TaskState
-	Done       int64
-	Total      int64
-	Error      string
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
-	FinishedAt *time.Time
+	// SnapshotName and VMID describe the snapshot or session while it
+	// exists; only FindTasks fills them.
+	SnapshotName string
+	VMID         int
+	State        TaskState
+	Done         int64
+	Total        int64
+	Error        string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	FinishedAt   *time.Time
 }
 
 // TaskLogLine is one line of a task's log; Seq counts from 1.
@@ -238,4 +242,60 @@ type RepositoryStats struct {
 	LogicalBytes int64 // sum of committed snapshot sizes
 	StoredBytes  int64 // sum of stored chunk sizes (envelopes included)
 	Chunks       int64
+}
+
+// TaskFilter selects tasks for FindTasks. Zero fields select everything.
+type TaskFilter struct {
+	// Namespaces limits the tasks to these namespaces; nil means any.
+	// Maintenance tasks have the namespace "".
+	Namespaces []string
+	State      TaskState
+	Kind       string
+	Since      time.Time // created at or after
+	Limit      int       // 0: DefaultListLimit
+}
+
+// DefaultListLimit bounds listings whose filter sets no limit.
+const DefaultListLimit = 100
+
+// BackupRunState is the outcome of a backup session.
+type BackupRunState string
+
+const (
+	RunRunning BackupRunState = "running" // the session is open
+	RunOK      BackupRunState = "ok"      // committed
+	RunFailed  BackupRunState = "failed"  // discarded before a commit
+)
+
+// Valid reports whether s is a known run state.
+func (s BackupRunState) Valid() bool { return s == RunRunning || s == RunOK || s == RunFailed }
+
+// BackupRun is the history of one backup session: what the dashboard and
+// alerting show as a backup that ran, succeeded or failed. It outlives the
+// session and the snapshot.
+type BackupRun struct {
+	ID         string // the session id
+	Namespace  string
+	Name       string
+	VMID       int
+	Type       GuestType
+	Storage    string
+	State      BackupRunState
+	Error      string // why it failed
+	StartedAt  time.Time
+	FinishedAt *time.Time
+	Size       int64 // logical bytes, once committed
+	NewBytes   int64
+	// SnapshotAvailable says that the committed snapshot still exists.
+	SnapshotAvailable bool
+}
+
+// BackupRunFilter selects runs for ListBackupRuns. Zero fields select
+// everything but the namespace, which is required.
+type BackupRunFilter struct {
+	Namespace string
+	VMID      int
+	State     BackupRunState
+	Since     time.Time // started at or after
+	Limit     int       // 0: DefaultListLimit
 }

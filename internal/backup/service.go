@@ -570,20 +570,36 @@ func (s *Service) Commit(ctx context.Context, session Snapshot) (Snapshot, error
 }
 
 // Discard removes an open session: its running pulls are stopped, its
-// catalog rows go, and so do the index objects it stored. Chunks it
+// catalog rows go (its run is kept as failed with reason), and so do the
+// index objects it stored. Chunks it
 // uploaded stay until GC finds them unreferenced.
-func (s *Service) Discard(ctx context.Context, session Snapshot) error {
+func (s *Service) Discard(ctx context.Context, session Snapshot, reason string) error {
 	s.CancelPulls(session.ID)
 	s.dropBases(session.ID)
 	keys, err := s.indexKeys(ctx, session.ID)
 	if err != nil {
 		return err
 	}
-	if err := s.catalog.DiscardSnapshot(ctx, session.ID); err != nil {
+	if err := s.catalog.DiscardSnapshot(ctx, session.ID, reason); err != nil {
 		return err
 	}
 	s.deleteObjects(ctx, keys)
 	return nil
+}
+
+// FailedTaskReason names the first task of a session that failed and its
+// error ("" when none did): why a backup that is being discarded failed.
+func (s *Service) FailedTaskReason(ctx context.Context, sessionID string) string {
+	tasks, err := s.catalog.ListTasks(ctx, sessionID)
+	if err != nil {
+		return ""
+	}
+	for _, t := range tasks {
+		if t.State == TaskError {
+			return fmt.Sprintf("task %s failed: %s", t.Kind, t.Error)
+		}
+	}
+	return ""
 }
 
 // Delete removes a committed snapshot (ErrConflict when protected): the

@@ -213,6 +213,11 @@ func (s *Store) CommitSnapshot(ctx context.Context, id string, size, newBytes in
 		out, err = scanSnapshot(tx.QueryRow(ctx, `
 			UPDATE snapshots SET state = 'committed', size = $2, new_bytes = $3, committed_at = $4, refs = $5
 			WHERE id = $1 RETURNING `+snapCols, uid, size, newBytes, s.nowUTC(), bytes.Join(params, nil)))
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE backup_runs SET state = 'ok', finished_at = $2, size = $3, new_bytes = $4
+			WHERE id = $1`, uid, out.CommittedAt, size, newBytes)
 		return err
 	})
 	if err != nil {

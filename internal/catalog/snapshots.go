@@ -56,6 +56,11 @@ func (s *Store) CreateSnapshot(ctx context.Context, snap backup.Snapshot) (backu
 			RETURNING `+snapCols,
 			id, snap.Namespace, snap.Name, jobID, snap.Storage, snap.VMID, string(snap.Type),
 			dbTime(snap.BackupTime), now))
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO backup_runs (id, ns, name, vmid, type, storage, started_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, id, snap.Namespace, snap.Name, snap.VMID, string(snap.Type), snap.Storage, now)
 		return err
 	})
 	if err != nil {
@@ -197,16 +202,24 @@ func (s *Store) UpdateSnapshotMeta(ctx context.Context, ns, name string, notes *
 }
 
 // DiscardSnapshot removes an open session with its disks, archives, files
-// and blobs. Its chunks stay for GC to judge.
-func (s *Store) DiscardSnapshot(ctx context.Context, id string) error {
+// and blobs, and marks its run failed. Its chunks stay for GC to judge.
+func (s *Store) DiscardSnapshot(ctx context.Context, id, reason string) error {
 	uid, ok := parseID(id)
 	if !ok {
 		return wrapf(notFoundSession(id), "discard snapshot %s", id)
 	}
-	ok, err := exec1(ctx, s.pool, `DELETE FROM snapshots WHERE id = $1 AND state = 'open'`, uid)
-	if err == nil && !ok {
-		err = s.whyNotOpen(ctx, uid, id)
-	}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		ok, err := exec1(ctx, tx, `DELETE FROM snapshots WHERE id = $1 AND state = 'open'`, uid)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return s.whyNotOpen(ctx, uid, id)
+		}
+		_, err = tx.Exec(ctx, `UPDATE backup_runs SET state = 'failed', error = $2, finished_at = $3 WHERE id = $1`,
+			uid, runError(reason), s.nowUTC())
+		return err
+	})
 	if err != nil {
 		return wrapf(err, "discard snapshot %s", id)
 	}

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"strings"
 
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
@@ -161,13 +162,29 @@ func (h *handler) FinishBackup(ctx context.Context, req api.FinishBackupRequestO
 	if s.State == backup.SnapshotCommitted {
 		return api.FinishBackup200JSONResponse{ArchiveSize: s.Size}, nil
 	}
-	if err := h.backups.Discard(ctx, s); err != nil {
+	if err := h.backups.Discard(ctx, s, h.discardReason(ctx, s, req.Body)); err != nil {
 		return nil, err
 	}
 	if req.Body.Success {
 		return nil, backup.Errorf(backup.ErrConflict, "backup %s was never committed; it has been discarded", s.ID)
 	}
 	return api.FinishBackup200JSONResponse{ArchiveSize: 0}, nil
+}
+
+// discardReason says why a session finished without a commit, for its
+// run's history: the client's error, else the failed task, else what the
+// client said.
+func (h *handler) discardReason(ctx context.Context, s backup.Snapshot, body *api.BackupFinish) string {
+	if body.Error != nil && strings.TrimSpace(*body.Error) != "" {
+		return strings.TrimSpace(*body.Error)
+	}
+	if why := h.backups.FailedTaskReason(ctx, s.ID); why != "" {
+		return why
+	}
+	if body.Success {
+		return "finished as successful but never committed"
+	}
+	return "the client ended the backup without success"
 }
 
 func (h *handler) GetTask(ctx context.Context, req api.GetTaskRequestObject) (api.GetTaskResponseObject, error) {

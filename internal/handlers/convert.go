@@ -73,6 +73,14 @@ func toAPITask(t backup.Task) api.Task {
 		e := t.Error
 		out.Error = &e
 	}
+	if t.Namespace != "" {
+		ns := t.Namespace
+		out.Ns = &ns
+	}
+	if t.SnapshotName != "" {
+		name, vmid := t.SnapshotName, t.VMID
+		out.Snapshot, out.Vmid = &name, &vmid
+	}
 	return out
 }
 

@@ -21,11 +21,3 @@ func (h *handler) GetMetrics(context.Context, api.GetMetricsRequestObject) (api.
 func (h *handler) GetDashboard(context.Context, api.GetDashboardRequestObject) (api.GetDashboardResponseObject, error) {
 	return nil, notYet("the dashboard")
 }
-
-func (h *handler) ListBackupRuns(context.Context, api.ListBackupRunsRequestObject) (api.ListBackupRunsResponseObject, error) {
-	return nil, notYet("the backup run history")
-}
-
-func (h *handler) ListTasks(context.Context, api.ListTasksRequestObject) (api.ListTasksResponseObject, error) {
-	return nil, notYet("the task listing")
-}

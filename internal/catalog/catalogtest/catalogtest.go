@@ -68,6 +68,8 @@ func Run(t *testing.T, newCatalog func(t *testing.T) backup.Catalog) {
 		{"TaskLog", testTaskLog},
 		{"TaskLogConcurrent", testTaskLogConcurrent},
 		{"FailStaleTasks", testFailStaleTasks},
+		{"BackupRuns", testBackupRuns},
+		{"FindTasks", testFindTasks},
 	}
 	tests = append(tests, maintenanceTests...)
 	for _, tt := range tests {

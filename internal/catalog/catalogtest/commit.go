@@ -112,19 +112,19 @@ func testDiscard(t *testing.T, c backup.Catalog) {
 	if err := c.PutSnapshotBlob(ctx, s.ID, "config", []byte("x")); err != nil {
 		t.Fatalf("PutSnapshotBlob: %v", err)
 	}
-	if err := c.DiscardSnapshot(ctx, s.ID); err != nil {
+	if err := c.DiscardSnapshot(ctx, s.ID, "pull failed"); err != nil {
 		t.Fatalf("DiscardSnapshot: %v", err)
 	}
 	_, err := c.GetSnapshot(ctx, s.ID)
 	wantKind(t, "GetSnapshot after discard", err, backup.ErrNotFound)
 	_, err = c.ListDisks(ctx, s.ID)
 	wantKind(t, "ListDisks after discard", err, backup.ErrNotFound)
-	wantKind(t, "DiscardSnapshot twice", c.DiscardSnapshot(ctx, s.ID), backup.ErrNotFound)
-	wantKind(t, "DiscardSnapshot not-an-id", c.DiscardSnapshot(ctx, "not-an-id"), backup.ErrNotFound)
+	wantKind(t, "DiscardSnapshot twice", c.DiscardSnapshot(ctx, s.ID, "again"), backup.ErrNotFound)
+	wantKind(t, "DiscardSnapshot not-an-id", c.DiscardSnapshot(ctx, "not-an-id", "x"), backup.ErrNotFound)
 
 	// The name is free again, and a committed snapshot is never discarded.
 	s2 := mustSnapshot(t, c, newSnapshot("default", backup.GuestQemu, 100, "backstop", t0), 5)
-	wantKind(t, "DiscardSnapshot of a committed snapshot", c.DiscardSnapshot(ctx, s2.ID), backup.ErrConflict)
+	wantKind(t, "DiscardSnapshot of a committed snapshot", c.DiscardSnapshot(ctx, s2.ID, "x"), backup.ErrConflict)
 	if _, err := c.SnapshotByName(ctx, "default", s2.Name); err != nil {
 		t.Fatalf("SnapshotByName after refused discard: %v", err)
 	}
