@@ -1,13 +1,16 @@
 // Command server is the Backstop service: the REST API that PVE's plugin,
 // the dashboard and ops scripts call, the NBD puller and restore exports,
-// over a Postgres catalog and an S3 (or local directory) chunk store.
+// over a catalog (Postgres, or embedded) and a chunk store (S3, or a local
+// directory).
 //
 //	server [serve] [flags]     run the service (default)
 //	server migrate [flags]     apply catalog migrations and exit
 //	server token create …      create an API token and print it once
 //
 // Configuration comes from BACKSTOP_* environment variables and the
-// matching flags; `server -h` lists them.
+// matching flags; `server -h` lists them. With none set the server runs on
+// its own: embedded catalog, chunks and a generated admin token in
+// ./backstop-data (see datadir.go).
 package main
 
 import (
@@ -21,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +33,7 @@ import (
 
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
+	sqlitecat "github.com/backstop-pve/backstop/internal/catalog/sqlite"
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
 	"github.com/backstop-pve/backstop/internal/nbd"
@@ -57,13 +62,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, newLogger(cfg, stderr), nil)
+		return serve(ctx, cfg, newLogger(cfg, stderr), stdout, nil)
 	case "migrate":
 		cfg, _, err := loadConfig("server migrate", getenv, args, stderr)
 		if err != nil {
 			return err
 		}
-		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), newLogger(cfg, stderr))
+		return migrate(ctx, cfg, newLogger(cfg, stderr))
 	case "token":
 		return runToken(ctx, args, getenv, stdout, stderr)
 	case "help", "-h", "--help":
@@ -76,15 +81,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // shutdownTimeout bounds the graceful shutdown of the HTTP server.
 const shutdownTimeout = 30 * time.Second
 
-// serve runs the service until ctx ends. onListen, when set, is told the
-// HTTP address once it accepts connections (tests listen on :0).
-func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr string)) (err error) {
-	if cfg.Store == "" {
-		return errors.New("BACKSTOP_STORE is required (s3://bucket?endpoint=host:port or file:///path)")
+// serve runs the service until ctx ends. It prints where to reach it to
+// out. onListen, when set, is told the HTTP address once it accepts
+// connections (tests listen on :0).
+func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onListen func(addr string)) (err error) {
+	// What is not configured falls back to the data directory, each on its
+	// own: the catalog, the chunk store and the admin token.
+	var tokenFile string
+	var tokenCreated bool
+	dir := ""
+	if cfg.usesDataDir() {
+		dd, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		defer dd.Close()
+		dir = dd.path
+		if cfg.Store == "" {
+			cfg.Store = defaultStore(dir)
+		}
+		if cfg.AdminToken == "" {
+			tok, path, created, err := dd.adminToken()
+			if err != nil {
+				return fmt.Errorf("admin token: %w", err)
+			}
+			cfg.AdminToken, tokenFile, tokenCreated = secret.String(tok), path, created
+		}
 	}
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), log)
+	cat, err := openCatalog(ctx, cfg, dir, log)
 	if err != nil {
-		return fmt.Errorf("open catalog: %w", err)
+		return err
 	}
 	defer cat.Close()
 
@@ -150,7 +176,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	log.InfoContext(ctx, "backstop listening", "http", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
-		"tls", tlsConfig != nil, "store", cfg.Store)
+		"tls", tlsConfig != nil, "store", cfg.Store, "catalog", catalogName(cfg, dir))
+	printBanner(out, cfg, ln.Addr(), nbdLn.Addr(), tlsConfig != nil, tokenFile, tokenCreated)
 	if cfg.AdminToken == "" {
 		log.WarnContext(ctx, "no BACKSTOP_ADMIN_TOKEN set: only tokens in the catalog can call the API (create one with `server token create`)")
 	}
@@ -176,6 +203,106 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		return errors.Join(srv.Shutdown(sctx), nbdServer.Shutdown(sctx))
 	})
 	return g.Wait()
+}
+
+// openedCatalog is a catalog the server opened and closes.
+type openedCatalog interface {
+	backup.Catalog
+	Close() error
+}
+
+// pgCatalog gives the Postgres catalog's Close the error result of the
+// embedded one's.
+type pgCatalog struct{ *catalog.Store }
+
+func (c pgCatalog) Close() error { c.Store.Close(); return nil }
+
+// openCatalog opens Postgres when BACKSTOP_DATABASE_URL is set, else the
+// embedded catalog in the data directory dir (which the caller made).
+// Both apply pending migrations.
+func openCatalog(ctx context.Context, cfg Config, dir string, log *slog.Logger) (openedCatalog, error) {
+	if !cfg.embeddedCatalog() {
+		cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), log)
+		if err != nil {
+			return nil, fmt.Errorf("open catalog: %w", err)
+		}
+		return pgCatalog{cat}, nil
+	}
+	cat, err := sqlitecat.Open(ctx, sqlitecat.DefaultConfig(catalogPath(dir)), log)
+	if err != nil {
+		return nil, fmt.Errorf("open embedded catalog %s: %w", catalogPath(dir), err)
+	}
+	return cat, nil
+}
+
+// catalogName says which catalog is in use, for the log.
+func catalogName(cfg Config, dir string) string {
+	if cfg.embeddedCatalog() {
+		return catalogPath(dir)
+	}
+	return "postgres"
+}
+
+// openCatalogCmd opens the catalog for a one-shot command (migrate, token
+// create). It takes no data directory lock: the embedded catalog is safe to
+// open next to a running server, which is how an admin creates tokens.
+func openCatalogCmd(ctx context.Context, cfg Config, log *slog.Logger) (openedCatalog, error) {
+	dir := ""
+	if cfg.embeddedCatalog() {
+		var err error
+		if dir, err = ensureDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	return openCatalog(ctx, cfg, dir, log)
+}
+
+// migrate applies the catalog's pending migrations.
+func migrate(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if !cfg.embeddedCatalog() {
+		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), log)
+	}
+	cat, err := openCatalogCmd(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return cat.Close()
+}
+
+// printBanner tells the operator where the server answers and how to
+// authenticate: the generated token itself on the start that made it,
+// later only the file that holds it.
+func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, useTLS bool, tokenFile string, tokenCreated bool) {
+	scheme := "http"
+	if useTLS {
+		scheme = "https"
+	}
+	base := scheme + "://" + displayAddr(httpAddr)
+	nbdHost := displayAddr(nbdAddr)
+	if cfg.NBDAdvertise != "" {
+		nbdHost = cfg.NBDAdvertise
+	}
+	fmt.Fprintf(w, "Backstop is running.\n  API:       %s/api/v1/\n  Dashboard: %s/\n  NBD:       nbd://%s\n", base, base, nbdHost)
+	switch {
+	case tokenCreated:
+		fmt.Fprintf(w, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
+	case tokenFile != "":
+		fmt.Fprintf(w, "  Admin token: in %s\n", tokenFile)
+	}
+}
+
+// displayAddr is a listen address as a client would dial it: a wildcard
+// host becomes this machine's name.
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(tcp.Port))
 }
 
 // statusInterval is how often GET /status figures are recomputed.
