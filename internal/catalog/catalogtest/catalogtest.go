@@ -70,6 +70,7 @@ func Run(t *testing.T, newCatalog func(t *testing.T) backup.Catalog) {
 		{"FailStaleTasks", testFailStaleTasks},
 		{"BackupRuns", testBackupRuns},
 		{"FindTasks", testFindTasks},
+		{"Files", testFiles},
 	}
 	tests = append(tests, maintenanceTests...)
 	for _, tt := range tests {

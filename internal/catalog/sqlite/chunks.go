@@ -3,6 +3,7 @@ package sqlitecat
 import (
 	"context"
 	"database/sql"
+	"strconv"
 
 	"github.com/backstop-pve/backstop/internal/backup"
 )
@@ -51,8 +52,9 @@ func eachRow(rows *sql.Rows, fn func(*sql.Rows) error) error {
 // (ErrChunksDeleting) while the others are reserved.
 func (s *Store) ReserveChunks(ctx context.Context, chunks []backup.ChunkInfo) error {
 	return s.upsertChunks(ctx, "reserve", chunks, `
-		INSERT INTO chunks (id, size, stored_size, pending, created_at, touched_at) VALUES (?1, ?2, 0, 1, ?4, ?4)
-		ON CONFLICT (id) DO UPDATE SET touched_at = ?4 WHERE NOT deleting`)
+		INSERT INTO chunks (id, size, stored_size, pending, created_at, touched_at)
+		SELECT substr(?1, j.key * 32 + 1, 32), j.value ->> 0, 0, 1, ?3, ?3 FROM json_each(?2) AS j WHERE true
+		ON CONFLICT (id) DO UPDATE SET touched_at = ?3 WHERE NOT deleting`)
 }
 
 // AddChunks records durable chunks. A chunk already recorded gets its touch
@@ -61,57 +63,50 @@ func (s *Store) ReserveChunks(ctx context.Context, chunks []backup.ChunkInfo) er
 // that GC is deleting is left alone and reported (ErrChunksDeleting).
 func (s *Store) AddChunks(ctx context.Context, chunks []backup.ChunkInfo) error {
 	return s.upsertChunks(ctx, "add", chunks, `
-		INSERT INTO chunks (id, size, stored_size, created_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?4)
-		ON CONFLICT (id) DO UPDATE SET touched_at = ?4, bad = 0, pending = 0,
+		INSERT INTO chunks (id, size, stored_size, created_at, touched_at)
+		SELECT substr(?1, j.key * 32 + 1, 32), j.value ->> 0, j.value ->> 1, ?3, ?3 FROM json_each(?2) AS j WHERE true
+		ON CONFLICT (id) DO UPDATE SET touched_at = ?3, bad = 0, pending = 0,
 			size = CASE WHEN pending THEN excluded.size ELSE size END,
 			stored_size = CASE WHEN bad OR pending THEN excluded.stored_size ELSE stored_size END
 		WHERE NOT deleting`)
 }
 
-// upsertChunks runs an INSERT … ON CONFLICT DO UPDATE … WHERE NOT deleting
-// for each distinct chunk, in one write transaction with one prepared
-// statement (in-process, a statement per row costs microseconds; there is
-// no round trip to save). A row it neither inserted nor updated is
-// deleting.
+// upsertChunks runs an INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE NOT
+// deleting over the distinct chunks, in one statement: ?1 is their ids
+// packed, ?2 a JSON array of [size, stored size] in the same order, ?3 the
+// touch time ("WHERE true" keeps the parser from reading ON CONFLICT as a
+// join constraint). A row it neither inserted nor updated is deleting.
 func (s *Store) upsertChunks(ctx context.Context, what string, chunks []backup.ChunkInfo, query string) error {
 	if len(chunks) == 0 {
 		return nil
 	}
 	seen := make(map[backup.ChunkID]bool, len(chunks))
+	ids := make([]byte, 0, len(chunks)*len(backup.ChunkID{}))
+	sizes := make([]byte, 0, len(chunks)*24)
+	sizes = append(sizes, '[')
+	var distinct int64
 	for i := range chunks {
-		if chunks[i].Size < 0 || chunks[i].StoredSize < 0 {
-			return wrapf(invalid("chunk %s: negative size", chunks[i].ID), "%s chunks", what)
+		c := &chunks[i]
+		if c.Size < 0 || c.StoredSize < 0 {
+			return wrapf(invalid("chunk %s: negative size", c.ID), "%s chunks", what)
 		}
+		if seen[c.ID] {
+			continue
+		}
+		seen[c.ID] = true
+		if distinct > 0 {
+			sizes = append(sizes, ',')
+		}
+		distinct++
+		ids = append(ids, c.ID[:]...)
+		sizes = append(sizes, '[')
+		sizes = strconv.AppendInt(sizes, c.Size, 10)
+		sizes = append(sizes, ',')
+		sizes = strconv.AppendInt(sizes, c.StoredSize, 10)
+		sizes = append(sizes, ']')
 	}
-	var affected, distinct int64
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		affected, distinct = 0, 0
-		clear(seen)
-		stmt, err := tx.PrepareContext(ctx, query)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		now := touchNow()
-		for i := range chunks {
-			c := &chunks[i]
-			if seen[c.ID] {
-				continue
-			}
-			seen[c.ID] = true
-			distinct++
-			res, err := stmt.ExecContext(ctx, c.ID[:], c.Size, c.StoredSize, now)
-			if err != nil {
-				return err
-			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return err
-			}
-			affected += n
-		}
-		return nil
-	})
+	sizes = append(sizes, ']')
+	affected, err := execN(ctx, s.wdb, query, ids, string(sizes), touchNow())
 	if err == nil && affected < distinct {
 		err = backup.Errorf(backup.ErrChunksDeleting, "%d of %d chunks are being deleted by garbage collection; store them again once it is done",
 			distinct-affected, distinct)

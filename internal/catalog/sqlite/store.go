@@ -102,16 +102,27 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Store, error) 
 	if readers <= 0 {
 		readers = DefaultConfig("").MaxReaders
 	}
+	// Both pools: WAL (readers and the writer do not block each other; a
+	// commit appends to the WAL), foreign keys (off by default in SQLite),
+	// a bounded busy wait, and reads through mmap (a page read is a memory
+	// access rather than a pread; writes still go through write(2)). The
+	// writer also gets synchronous (see DefaultConfig), BEGIN IMMEDIATE (a
+	// write transaction takes the write lock at once instead of upgrading
+	// a read lock, which could fail with SQLITE_BUSY), and a 64 MiB page
+	// cache, which dedup lookups across a large chunks table need; readers
+	// keep the default 2 MiB each.
 	q := url.Values{}
 	q.Set("_busy_timeout", fmt.Sprint(busy.Milliseconds()))
 	q.Set("_foreign_keys", "1")
 	q.Set("_journal_mode", "WAL")
+	q.Add("_pragma", "mmap_size(1073741824)")
 	w := url.Values{}
 	for k, v := range q {
 		w[k] = v
 	}
 	w.Set("_synchronous", sync)
 	w.Set("_txlock", "immediate")
+	w.Add("_pragma", "cache_size(-65536)")
 	r := q
 	r.Set("_query_only", "1")
 
