@@ -6,6 +6,7 @@
 //	server [serve] [flags]     run the service (default)
 //	server migrate [flags]     apply catalog migrations and exit
 //	server token create …      create an API token and print it once
+//	server migrate-catalog …   copy the embedded catalog into Postgres
 //
 // Configuration comes from BACKSTOP_* environment variables and the
 // matching flags; `server -h` lists them. With none set the server runs on
@@ -24,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -71,11 +73,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return migrate(ctx, cfg, newLogger(cfg, stderr))
 	case "token":
 		return runToken(ctx, args, getenv, stdout, stderr)
+	case "migrate-catalog":
+		return runMigrateCatalog(ctx, args, zeroConfigEnv(getenv), stdout, stderr)
 	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, "usage: server [serve|migrate|token create] [flags]; server serve -h lists the flags")
+		fmt.Fprintln(stdout, "usage: server [serve|migrate|migrate-catalog|token create] [flags]; server serve -h lists the flags")
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (want serve, migrate or token)", cmd)
+	return fmt.Errorf("unknown command %q (want serve, migrate, migrate-catalog or token)", cmd)
+}
+
+// zeroConfigEnv fills in what serve falls back to when BACKSTOP_DATA_DIR
+// and BACKSTOP_STORE are unset, so that migrate-catalog finds the catalog
+// and chunks of a zero-config server run from the same directory.
+func zeroConfigEnv(getenv func(string) string) func(string) string {
+	dir := getenv("BACKSTOP_DATA_DIR")
+	if dir == "" {
+		dir = DefaultConfig().DataDir
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return func(k string) string {
+		v := getenv(k)
+		switch {
+		case v != "":
+			return v
+		case k == "BACKSTOP_DATA_DIR":
+			return dir
+		case k == "BACKSTOP_STORE":
+			return defaultStore(dir)
+		}
+		return ""
+	}
 }
 
 // shutdownTimeout bounds the graceful shutdown of the HTTP server.

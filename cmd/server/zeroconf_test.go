@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backstop-pve/backstop/internal/catalog"
+	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
 )
 
@@ -397,5 +399,42 @@ func TestZeroConfig_DataDirNotUsable(t *testing.T) {
 		if !strings.Contains(msg, "data directory "+dir) || !strings.Contains(msg, "BACKSTOP_DATA_DIR") {
 			t.Errorf("error for %s does not name it and the setting:\n%s", dir, msg)
 		}
+	}
+}
+
+// TestMigrateCatalog_ZeroConfig: `server migrate-catalog` with only
+// BACKSTOP_DATABASE_URL set finds the catalog a zero-config server made in
+// ./backstop-data, and `token create` writes there with nothing set.
+func TestMigrateCatalog_ZeroConfig(t *testing.T) {
+	dsn := testenv.PostgresDSN(t)
+	t.Chdir(t.TempDir())
+	ctx := t.Context()
+	none := func(string) string { return "" }
+	var out bytes.Buffer
+	if err := run(ctx, []string{"token", "create", "--name", "zc", "--role", "read", "--json"}, none, &out, io.Discard); err != nil {
+		t.Fatalf("token create with nothing configured: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join("backstop-data", "catalog.db")); err != nil {
+		t.Fatalf("token create made no embedded catalog: %v", err)
+	}
+	out.Reset()
+	var errOut bytes.Buffer
+	env := func(k string) string {
+		if k == "BACKSTOP_DATABASE_URL" {
+			return dsn
+		}
+		return ""
+	}
+	if err := run(ctx, []string{"migrate-catalog"}, env, &out, &errOut); err != nil {
+		t.Fatalf("migrate-catalog: %v\n%s", err, errOut.String())
+	}
+	pg, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(dsn)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	toks, err := pg.ListTokens(ctx)
+	if err != nil || len(toks) != 1 || toks[0].Name != "zc" {
+		t.Fatalf("Postgres tokens after migrate-catalog: %v %v\n%s", toks, err, out.String())
 	}
 }
