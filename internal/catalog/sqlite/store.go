@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -164,7 +165,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Store, error) 
 	if err != nil {
 		abs = cfg.Path
 	}
-	return &Store{wdb: wdb, rdb: rdb, path: cfg.Path, lockPrefix: abs, logger: logger, now: now}, nil
+	return &Store{wdb: wdb, rdb: rdb, lockPrefix: abs, logger: logger, now: now}, nil
 }
 
 // Close closes both pools, waiting for queries in progress. The last close
@@ -256,9 +257,23 @@ func execN(ctx context.Context, q querier, query string, args ...any) (int64, er
 // a method returns equals what a later read returns.
 func (s *Store) nowUTC() time.Time { return dbTime(s.now()) }
 
-// touchNow is the time chunk touches, claims and session openings record:
-// the real clock, which GCCutoff reads too.
-func touchNow() int64 { return time.Now().UnixMicro() }
+// lastTouch is the latest time touchNow handed out.
+var lastTouch atomic.Int64
+
+// touchNow is the time chunk touches, claims and session openings record,
+// and GCCutoff reads: the real clock, made strictly increasing within the
+// process. GC safety rests on the order of these times (a chunk touched
+// after a session opened is never older than the session), and the wall
+// clock may step back (NTP); the catalog's one process can keep the order.
+func touchNow() int64 {
+	for {
+		last := lastTouch.Load()
+		now := max(time.Now().UnixMicro(), last+1)
+		if lastTouch.CompareAndSwap(last, now) {
+			return now
+		}
+	}
+}
 
 func dbTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
 

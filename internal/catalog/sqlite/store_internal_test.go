@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -88,5 +89,33 @@ func TestMigrations_DownUp(t *testing.T) {
 	}
 	if err := s.Ping(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTouchNow_Increasing: touch times never repeat nor go back, even when
+// asked for from many goroutines within one microsecond.
+func TestTouchNow_Increasing(t *testing.T) {
+	const workers, each = 8, 2000
+	out := make([][]int64, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for range each {
+				out[w] = append(out[w], touchNow())
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[int64]bool{}
+	for _, times := range out {
+		for i, v := range times {
+			if i > 0 && v <= times[i-1] {
+				t.Fatalf("touch time %d after %d", v, times[i-1])
+			}
+			if seen[v] {
+				t.Fatalf("touch time %d handed out twice", v)
+			}
+			seen[v] = true
+		}
 	}
 }
