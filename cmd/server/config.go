@@ -22,12 +22,12 @@ type Config struct {
 	Listen            string        // BACKSTOP_LISTEN: HTTP address
 	NBDListen         string        // BACKSTOP_NBD_LISTEN: NBD restore exports
 	NBDAdvertise      string        // BACKSTOP_NBD_ADVERTISE: host:port put in export URIs
-	DatabaseURL       secret.String // BACKSTOP_DATABASE_URL: Postgres DSN
-	Store             string        // BACKSTOP_STORE: s3://bucket?endpoint=… or file:///path
+	DatabaseURL       secret.String // BACKSTOP_DATABASE_URL: Postgres DSN; unset: embedded catalog in DataDir
+	Store             string        // BACKSTOP_STORE: s3://bucket?endpoint=… or file:///path; unset: DataDir/chunks
 	S3AccessKey       string        // BACKSTOP_S3_ACCESS_KEY
 	S3SecretKey       secret.String // BACKSTOP_S3_SECRET_KEY
-	AdminToken        secret.String // BACKSTOP_ADMIN_TOKEN: bootstrap admin bearer token
-	DataDir           string        // BACKSTOP_DATA_DIR: embedded defaults
+	AdminToken        secret.String // BACKSTOP_ADMIN_TOKEN: bootstrap admin bearer token; unset: generated in DataDir (when DataDir is in use)
+	DataDir           string        // BACKSTOP_DATA_DIR: local state when the catalog or the store is not configured
 	TLSCert           string        // BACKSTOP_TLS_CERT
 	TLSKey            string        // BACKSTOP_TLS_KEY
 	EncryptionKeyFile string        // BACKSTOP_ENCRYPTION_KEY_FILE
@@ -73,12 +73,12 @@ func (c *Config) settings() []setting {
 		{name: "listen", usage: "HTTP listen address", str: &c.Listen},
 		{name: "nbd-listen", usage: "NBD listen address for restore exports", str: &c.NBDListen},
 		{name: "nbd-advertise", usage: "host:port written into export URIs", str: &c.NBDAdvertise},
-		{name: "database-url", usage: "Postgres DSN of the catalog", sec: &c.DatabaseURL},
-		{name: "store", usage: "chunk store: s3://bucket?endpoint=host:port&region=…&insecure=1 or file:///path", str: &c.Store},
+		{name: "database-url", usage: "Postgres DSN of the catalog (default: embedded catalog in the data dir)", sec: &c.DatabaseURL},
+		{name: "store", usage: "chunk store: s3://bucket?endpoint=host:port&region=…&insecure=1 or file:///path (default: chunks in the data dir)", str: &c.Store},
 		{name: "s3-access-key", usage: "S3 access key", str: &c.S3AccessKey},
 		{name: "s3-secret-key", usage: "S3 secret key", sec: &c.S3SecretKey},
-		{name: "admin-token", usage: "bootstrap admin bearer token (at least 16 characters)", sec: &c.AdminToken},
-		{name: "data-dir", usage: "directory for embedded defaults", str: &c.DataDir},
+		{name: "admin-token", usage: "bootstrap admin bearer token, at least 16 characters (default: generated into the data dir when it is in use)", sec: &c.AdminToken},
+		{name: "data-dir", usage: "directory for the embedded catalog, chunks, admin token and lock when those are not configured", str: &c.DataDir},
 		{name: "tls-cert", usage: "TLS certificate file (HTTPS and NBD STARTTLS)", str: &c.TLSCert},
 		{name: "tls-key", usage: "TLS key file", str: &c.TLSKey},
 		{name: "encryption-key-file", usage: "file with a 32-byte key (raw or 64 hex digits) for AES-256-GCM chunks", str: &c.EncryptionKeyFile},
@@ -147,8 +147,8 @@ func (c Config) Validate() error {
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		bad("BACKSTOP_ADMIN_TOKEN must be at least 16 characters")
 	}
-	if c.DatabaseURL == "" {
-		bad("BACKSTOP_DATABASE_URL is required (a Postgres DSN; the embedded catalog is not available yet)")
+	if c.usesDataDir() && c.DataDir == "" {
+		bad("BACKSTOP_DATA_DIR is empty: it holds the embedded catalog (no BACKSTOP_DATABASE_URL) and the chunks (no BACKSTOP_STORE)")
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/backstop-pve/backstop/internal/backup"
-	"github.com/backstop-pve/backstop/internal/catalog"
-	"github.com/backstop-pve/backstop/internal/secret"
+	"github.com/backstop-pve/backstop/internal/catalog/catalogtest"
 	"github.com/backstop-pve/backstop/internal/testenv"
+	"github.com/backstop-pve/backstop/internal/testenv/testcatalog"
 )
 
 // The test binary doubles as the server binary: with this variable set it
@@ -44,7 +44,14 @@ func startServerProc(t *testing.T, env []string) *serverProc {
 	t.Helper()
 	port := freeTCPPort(t)
 	cmd := exec.Command(os.Args[0], "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--nbd-listen", "127.0.0.1:0")
-	cmd.Env = append(append(os.Environ(), runServerEnv+"=1"), env...)
+	// The server sees only the test's BACKSTOP_* settings, none of the
+	// caller's.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BACKSTOP_") || strings.HasPrefix(kv, "BACKSTOP_TEST_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(append(cmd.Env, runServerEnv+"=1"), env...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -79,6 +86,26 @@ func (p *serverProc) kill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = p.cmd.Wait()
+}
+
+// stop ends the server with SIGTERM and waits for it.
+func (p *serverProc) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("server exited after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+		t.Error("server ignored SIGTERM for 30 s")
+	}
 }
 
 func freeTCPPort(t *testing.T) int {
@@ -128,22 +155,60 @@ func qemuTool(t *testing.T, name string, args ...string) {
 // TestCrash_MidPull kills the server with SIGKILL in the middle of a disk
 // pull. After a restart no snapshot is visible, the session cannot be
 // committed, and every chunk object in the bucket is known to the catalog
-// (reserved or stored), so GC can reclaim what the crash left.
+// (reserved or stored), so GC can reclaim what the crash left. It runs
+// against the catalog BACKSTOP_TEST_CATALOG selects (scripts/test runs
+// both).
 func TestCrash_MidPull(t *testing.T) {
-	dsn := testenv.PostgresDSN(t)
+	tc := testcatalog.New(t)
 	s3 := testenv.S3(t)
 	if s3.Dir == "" {
 		testenv.Missing(t, testenv.PeerS3, "BACKSTOP_TEST_S3_DIR is not set")
 	}
 	bucket := testenv.Bucket()
-	env := []string{
-		"BACKSTOP_DATABASE_URL=" + dsn,
-		"BACKSTOP_STORE=s3://" + bucket + "?endpoint=" + s3.Endpoint + "&insecure=1",
-		"BACKSTOP_S3_ACCESS_KEY=" + s3.AccessKey, "BACKSTOP_S3_SECRET_KEY=" + s3.SecretKey,
-		"BACKSTOP_ADMIN_TOKEN=crash-test-admin-token",
+	var env []string
+	for k, v := range tc.ServerEnv() {
+		env = append(env, k+"="+v)
 	}
-	const tok = "crash-test-admin-token"
+	env = append(env,
+		"BACKSTOP_STORE=s3://"+bucket+"?endpoint="+s3.Endpoint+"&insecure=1",
+		"BACKSTOP_S3_ACCESS_KEY="+s3.AccessKey, "BACKSTOP_S3_SECRET_KEY="+s3.SecretKey,
+		"BACKSTOP_ADMIN_TOKEN=crash-test-admin-token",
+	)
+	crashMidPull(t, env, func() string { return "crash-test-admin-token" }, filepath.Join(s3.Dir, bucket, "chunks"),
+		func() catalogtest.Inspector { return inspector(t, tc) })
+}
 
+// TestCrash_MidPullZeroConfig is the same crash in zero-config mode: no
+// catalog, store or token configured, so the server keeps all of them in its
+// data directory, whose lock the killed process must not leave held.
+func TestCrash_MidPullZeroConfig(t *testing.T) {
+	data := t.TempDir()
+	env := []string{"BACKSTOP_DATA_DIR=" + data}
+	tok := func() string {
+		b, err := os.ReadFile(filepath.Join(data, adminTokenFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	tc := testcatalog.Catalog{Backend: testcatalog.SQLite, DataDir: data}
+	crashMidPull(t, env, tok, filepath.Join(data, chunksDir), func() catalogtest.Inspector { return inspector(t, tc) })
+}
+
+func inspector(t *testing.T, tc testcatalog.Catalog) catalogtest.Inspector {
+	t.Helper()
+	cat, ok := tc.Open(t, nil).(catalogtest.Inspector)
+	if !ok {
+		t.Fatalf("the %s catalog cannot list chunk references", tc.Backend)
+	}
+	return cat
+}
+
+// crashMidPull starts a server with env, kills it mid-pull, restarts it and
+// checks invariant 1. tok returns the admin token once the server runs;
+// chunks is the store's directory of chunk objects.
+func crashMidPull(t *testing.T, env []string, tok func() string, chunks string, inspect func() catalogtest.Inspector) {
+	t.Helper()
 	// A 64 MiB disk of incompressible data served by qemu-nbd.
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
@@ -167,8 +232,9 @@ func TestCrash_MidPull(t *testing.T) {
 	})
 
 	srv := startServerProc(t, env)
+	token := tok()
 	var b struct{ ID, Name string }
-	if code := call(t, "POST", srv.base+"/api/v1/backups", tok, map[string]any{
+	if code := call(t, "POST", srv.base+"/api/v1/backups", token, map[string]any{
 		"storage": "bs", "vmid": 100, "type": "qemu", "backup_time": 1764100000}, &b); code != 201 {
 		t.Fatalf("create backup: %d", code)
 	}
@@ -176,7 +242,7 @@ func TestCrash_MidPull(t *testing.T) {
 		TaskID string `json:"task_id"`
 	}
 	// 8 MiB/s: the pull takes about 8 s, so the kill lands in the middle.
-	if code := call(t, "POST", srv.base+"/api/v1/backups/"+b.ID+"/disks", tok, map[string]any{
+	if code := call(t, "POST", srv.base+"/api/v1/backups/"+b.ID+"/disks", token, map[string]any{
 		"device": "drive-scsi0", "size": 64 << 20, "bitmap_mode": "none", "bandwidth_limit": 8 << 20,
 		"source": map[string]any{"uri": "nbd+unix:///drive-scsi0?socket=" + sock}}, &task); code != 202 {
 		t.Fatalf("start pull: %d", code)
@@ -187,7 +253,7 @@ func TestCrash_MidPull(t *testing.T) {
 			State string
 			Done  int64
 		}
-		call(t, "GET", srv.base+"/api/v1/tasks/"+task.TaskID, tok, nil, &tv)
+		call(t, "GET", srv.base+"/api/v1/tasks/"+task.TaskID, token, nil, &tv)
 		if tv.State != "running" {
 			t.Fatalf("pull ended before the kill: %+v", tv)
 		}
@@ -203,16 +269,18 @@ func TestCrash_MidPull(t *testing.T) {
 
 	srv = startServerProc(t, env)
 	var snaps []map[string]any
-	if code := call(t, "GET", srv.base+"/api/v1/snapshots", tok, nil, &snaps); code != 200 || len(snaps) != 0 {
+	if code := call(t, "GET", srv.base+"/api/v1/snapshots", token, nil, &snaps); code != 200 || len(snaps) != 0 {
 		t.Fatalf("snapshots after the crash: %d %v", code, snaps)
 	}
-	if code := call(t, "POST", srv.base+"/api/v1/backups/"+b.ID+"/commit", tok, nil, nil); code != http.StatusConflict {
+	if code := call(t, "POST", srv.base+"/api/v1/backups/"+b.ID+"/commit", token, nil, nil); code != http.StatusConflict {
 		t.Fatalf("commit of the crashed session: %d, want 409", code)
 	}
 
-	// Every chunk object the crash left is in the catalog.
+	// Every chunk object the crash left is in the catalog. The server
+	// stops first: the embedded catalog has one process at a time.
+	srv.stop(t)
 	var ids []backup.ChunkID
-	err := filepath.WalkDir(filepath.Join(s3.Dir, bucket, "chunks"), func(path string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(chunks, func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -229,12 +297,7 @@ func TestCrash_MidPull(t *testing.T) {
 	if len(ids) == 0 {
 		t.Fatal("no chunk reached the store before the kill; the test proves nothing")
 	}
-	cat, err := catalog.Open(context.Background(), catalog.DefaultConfig(secret.String(dsn)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cat.Close()
-	rows, err := cat.ChunkRefs(context.Background(), ids)
+	rows, err := inspect().ChunkRefs(context.Background(), ids)
 	if err != nil {
 		t.Fatal(err)
 	}

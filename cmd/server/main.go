@@ -1,14 +1,18 @@
 // Command server is the Backstop service: the REST API that PVE's plugin,
 // the dashboard and ops scripts call, the NBD puller and restore exports,
-// over a Postgres catalog and an S3 (or local directory) chunk store.
+// over a catalog (Postgres, or embedded) and a chunk store (S3, or a local
+// directory).
 //
 //	server [serve] [flags]     run the service (default)
 //	server migrate [flags]     apply catalog migrations and exit
 //	server token create …      create an API token and print it once
+//	server migrate-catalog …   copy the embedded catalog into Postgres
 //	server healthcheck [--url]  probe /readyz (the container's health check)
 //
 // Configuration comes from BACKSTOP_* environment variables and the
-// matching flags; `server -h` lists them.
+// matching flags; `server -h` lists them. With none set the server runs on
+// its own: embedded catalog, chunks and a generated admin token in
+// ./backstop-data (see datadir.go).
 package main
 
 import (
@@ -22,6 +26,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +36,7 @@ import (
 
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
+	sqlitecat "github.com/backstop-pve/backstop/internal/catalog/sqlite"
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
 	"github.com/backstop-pve/backstop/internal/nbd"
@@ -58,41 +65,89 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, newLogger(cfg, stderr), nil)
+		return serve(ctx, cfg, newLogger(cfg, stderr), stdout, nil)
 	case "migrate":
 		cfg, _, err := loadConfig("server migrate", getenv, args, stderr)
 		if err != nil {
 			return err
 		}
-		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), newLogger(cfg, stderr))
+		return migrate(ctx, cfg, newLogger(cfg, stderr))
 	case "token":
 		return runToken(ctx, args, getenv, stdout, stderr)
+	case "migrate-catalog":
+		return runMigrateCatalog(ctx, args, zeroConfigEnv(getenv), stdout, stderr)
 	case "healthcheck":
 		return runHealthcheck(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, "usage: server [serve|migrate|token create] [flags]; server serve -h lists the flags")
+		fmt.Fprintln(stdout, "usage: server [serve|migrate|migrate-catalog|token create] [flags]; server serve -h lists the flags")
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (want serve, migrate or token)", cmd)
+	return fmt.Errorf("unknown command %q (want serve, migrate, migrate-catalog or token)", cmd)
+}
+
+// zeroConfigEnv fills in what serve falls back to when BACKSTOP_DATA_DIR
+// and BACKSTOP_STORE are unset, so that migrate-catalog finds the catalog
+// and chunks of a zero-config server run from the same directory.
+func zeroConfigEnv(getenv func(string) string) func(string) string {
+	dir := getenv("BACKSTOP_DATA_DIR")
+	if dir == "" {
+		dir = DefaultConfig().DataDir
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return func(k string) string {
+		v := getenv(k)
+		switch {
+		case v != "":
+			return v
+		case k == "BACKSTOP_DATA_DIR":
+			return dir
+		case k == "BACKSTOP_STORE":
+			return defaultStore(dir)
+		}
+		return ""
+	}
 }
 
 // shutdownTimeout bounds the graceful shutdown of the HTTP server.
 const shutdownTimeout = 30 * time.Second
 
-// serve runs the service until ctx ends. onListen, when set, is told the
-// HTTP address once it accepts connections (tests listen on :0).
-func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr string)) (err error) {
-	if cfg.Store == "" {
-		return errors.New("BACKSTOP_STORE is required (s3://bucket?endpoint=host:port or file:///path)")
+// serve runs the service until ctx ends. It prints where to reach it to
+// out. onListen, when set, is told the HTTP address once it accepts
+// connections (tests listen on :0).
+func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onListen func(addr string)) (err error) {
+	// What is not configured falls back to the data directory, each on its
+	// own: the catalog, the chunk store and the admin token.
+	var tokenFile string
+	var tokenCreated bool
+	dir := ""
+	if cfg.usesDataDir() {
+		dd, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		defer dd.Close()
+		dir = dd.path
+		if cfg.Store == "" {
+			cfg.Store = defaultStore(dir)
+		}
+		if cfg.AdminToken == "" {
+			tok, path, created, err := dd.adminToken()
+			if err != nil {
+				return fmt.Errorf("admin token: %w", err)
+			}
+			cfg.AdminToken, tokenFile, tokenCreated = secret.String(tok), path, created
+		}
 	}
 	tel, log, err := setupTelemetry(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, tel.Shutdown(context.WithoutCancel(ctx))) }()
-	cat, err := catalog.Open(ctx, tel.catalog(catalog.DefaultConfig(secret.String(cfg.DatabaseURL))), log)
+	cat, err := openCatalog(ctx, cfg, dir, log, tel.catalog)
 	if err != nil {
-		return fmt.Errorf("open catalog: %w", err)
+		return err
 	}
 	defer cat.Close()
 
@@ -169,7 +224,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	log.InfoContext(ctx, "backstop listening", "http", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
-		"tls", tlsConfig != nil, "store", cfg.Store)
+		"tls", tlsConfig != nil, "store", cfg.Store, "catalog", catalogName(cfg, dir))
+	printBanner(out, cfg, ln.Addr(), nbdLn.Addr(), tlsConfig != nil, tokenFile, tokenCreated)
 	if cfg.AdminToken == "" {
 		log.WarnContext(ctx, "no BACKSTOP_ADMIN_TOKEN set: only tokens in the catalog can call the API (create one with `server token create`)")
 	}
@@ -196,6 +252,112 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, onListen func(addr
 		return errors.Join(srv.Shutdown(sctx), nbdServer.Shutdown(sctx))
 	})
 	return g.Wait()
+}
+
+// openedCatalog is a catalog the server opened and closes.
+type openedCatalog interface {
+	backup.Catalog
+	Close() error
+}
+
+// pgCatalog gives the Postgres catalog's Close the error result of the
+// embedded one's.
+type pgCatalog struct{ *catalog.Store }
+
+func (c pgCatalog) Close() error { c.Store.Close(); return nil }
+
+// openCatalog opens Postgres when BACKSTOP_DATABASE_URL is set, else the
+// embedded catalog in the data directory dir (which the caller made).
+// Both apply pending migrations.
+// pgConfig, when set, adjusts the Postgres catalog's configuration (the
+// query tracer).
+func openCatalog(ctx context.Context, cfg Config, dir string, log *slog.Logger, pgConfig func(catalog.Config) catalog.Config) (openedCatalog, error) {
+	if !cfg.embeddedCatalog() {
+		pcfg := catalog.DefaultConfig(secret.String(cfg.DatabaseURL))
+		if pgConfig != nil {
+			pcfg = pgConfig(pcfg)
+		}
+		cat, err := catalog.Open(ctx, pcfg, log)
+		if err != nil {
+			return nil, fmt.Errorf("open catalog: %w", err)
+		}
+		return pgCatalog{cat}, nil
+	}
+	cat, err := sqlitecat.Open(ctx, sqlitecat.DefaultConfig(catalogPath(dir)), log)
+	if err != nil {
+		return nil, fmt.Errorf("open embedded catalog %s: %w", catalogPath(dir), err)
+	}
+	return cat, nil
+}
+
+// catalogName says which catalog is in use, for the log.
+func catalogName(cfg Config, dir string) string {
+	if cfg.embeddedCatalog() {
+		return catalogPath(dir)
+	}
+	return "postgres"
+}
+
+// openCatalogCmd opens the catalog for a one-shot command (migrate, token
+// create). It takes no data directory lock: the embedded catalog is safe to
+// open next to a running server, which is how an admin creates tokens.
+func openCatalogCmd(ctx context.Context, cfg Config, log *slog.Logger) (openedCatalog, error) {
+	dir := ""
+	if cfg.embeddedCatalog() {
+		var err error
+		if dir, err = ensureDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	return openCatalog(ctx, cfg, dir, log, nil)
+}
+
+// migrate applies the catalog's pending migrations.
+func migrate(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if !cfg.embeddedCatalog() {
+		return catalog.Migrate(ctx, secret.String(cfg.DatabaseURL), log)
+	}
+	cat, err := openCatalogCmd(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return cat.Close()
+}
+
+// printBanner tells the operator where the server answers and how to
+// authenticate: the generated token itself on the start that made it,
+// later only the file that holds it.
+func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, useTLS bool, tokenFile string, tokenCreated bool) {
+	scheme := "http"
+	if useTLS {
+		scheme = "https"
+	}
+	base := scheme + "://" + displayAddr(httpAddr)
+	nbdHost := displayAddr(nbdAddr)
+	if cfg.NBDAdvertise != "" {
+		nbdHost = cfg.NBDAdvertise
+	}
+	fmt.Fprintf(w, "Backstop is running.\n  API:       %s/api/v1/\n  Dashboard: %s/\n  NBD:       nbd://%s\n", base, base, nbdHost)
+	switch {
+	case tokenCreated:
+		fmt.Fprintf(w, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
+	case tokenFile != "":
+		fmt.Fprintf(w, "  Admin token: in %s\n", tokenFile)
+	}
+}
+
+// displayAddr is a listen address as a client would dial it: a wildcard
+// host becomes this machine's name.
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(tcp.Port))
 }
 
 // statusInterval is how often GET /status figures are recomputed.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backstop-pve/backstop/internal/testenv"
+	"github.com/backstop-pve/backstop/internal/testenv/testcatalog"
 )
 
 // startServer runs the wired server in-process on a loopback port until the
@@ -26,7 +26,7 @@ func startServer(t *testing.T, env map[string]string) string {
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), func(a string) { addr <- a })
+		done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), io.Discard, func(a string) { addr <- a })
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -66,12 +66,9 @@ func get(t *testing.T, url, token string) (int, string) {
 }
 
 func TestRun_ServeAndTokenCommand(t *testing.T) {
-	dsn := testenv.PostgresDSN(t)
-	env := map[string]string{
-		"BACKSTOP_DATABASE_URL": dsn,
-		"BACKSTOP_STORE":        "file://" + t.TempDir(),
-		"BACKSTOP_ADMIN_TOKEN":  "bootstrap-token-for-tests",
-	}
+	env := testcatalog.New(t).ServerEnv()
+	env["BACKSTOP_STORE"] = "file://" + t.TempDir()
+	env["BACKSTOP_ADMIN_TOKEN"] = "bootstrap-token-for-tests"
 	base := startServer(t, env)
 	if code, _ := get(t, base+"/healthz", ""); code != 200 {
 		t.Fatalf("healthz %d", code)
@@ -117,11 +114,11 @@ func TestLoadConfig(t *testing.T) {
 		t.Errorf("secret printed: %s", got)
 	}
 	env = map[string]string{"BACKSTOP_LISTEN": "nonsense", "BACKSTOP_ADMIN_TOKEN": "short", "BACKSTOP_TLS_CERT": "x", "BACKSTOP_LOG_FORMAT": "xml"}
-	_, _, err = loadConfig("t", func(k string) string { return env[k] }, nil, io.Discard)
+	_, _, err = loadConfig("t", func(k string) string { return env[k] }, []string{"--data-dir="}, io.Discard)
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
-	for _, want := range []string{"BACKSTOP_LISTEN", "BACKSTOP_ADMIN_TOKEN", "BACKSTOP_TLS_CERT", "BACKSTOP_LOG_FORMAT", "BACKSTOP_DATABASE_URL"} {
+	for _, want := range []string{"BACKSTOP_LISTEN", "BACKSTOP_ADMIN_TOKEN", "BACKSTOP_TLS_CERT", "BACKSTOP_LOG_FORMAT", "BACKSTOP_DATA_DIR"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("config error does not name %s: %v", want, err)
 		}

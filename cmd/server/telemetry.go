@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/handlers"
@@ -95,7 +97,7 @@ func (t *serverTelemetry) handlers(d *handlers.Deps) {
 // the connection pool of a Postgres catalog) and returns the loop that
 // refreshes the former until ctx ends.
 func (t *serverTelemetry) catalogMetrics(cat backup.Catalog) (run func(ctx context.Context), err error) {
-	if pg, ok := cat.(*catalog.Store); ok {
+	if pg, ok := cat.(interface{ PoolStat() *pgxpool.Stat }); ok {
 		if err := telemetry.RegisterPoolStats(t.MeterProvider, pg.PoolStat); err != nil {
 			return nil, fmt.Errorf("catalog pool metrics: %w", err)
 		}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/backstop-pve/backstop/internal/backup"
-	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/handlers"
 	"github.com/backstop-pve/backstop/internal/secret"
 )
@@ -39,18 +38,19 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			}
 		}
 	}
-	fs.Func("database-url", "Postgres DSN of the catalog (env BACKSTOP_DATABASE_URL)", func(v string) error {
+	fs.Func("database-url", "Postgres DSN of the catalog (env BACKSTOP_DATABASE_URL; default: the embedded catalog)", func(v string) error {
 		cfg.DatabaseURL = secret.String(v)
 		return nil
 	})
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory of the embedded catalog (env BACKSTOP_DATA_DIR)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if *name == "" || *role == "" {
 		return fmt.Errorf("--name and --role are required")
 	}
-	if cfg.DatabaseURL == "" {
-		return fmt.Errorf("BACKSTOP_DATABASE_URL is required")
+	if cfg.embeddedCatalog() && cfg.DataDir == "" {
+		return fmt.Errorf("BACKSTOP_DATA_DIR is empty (and no BACKSTOP_DATABASE_URL is set)")
 	}
 	t := backup.Token{Name: *name, Role: backup.Role(*role), CreatedAt: time.Now().UTC()}
 	if *nss != "" {
@@ -60,9 +60,9 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		e := t.CreatedAt.Add(*expires)
 		t.ExpiresAt = &e
 	}
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), newLogger(cfg, stderr))
+	cat, err := openCatalogCmd(ctx, cfg, newLogger(cfg, stderr))
 	if err != nil {
-		return fmt.Errorf("open catalog: %w", err)
+		return err
 	}
 	defer cat.Close()
 	created, err := handlers.CreateToken(ctx, cat, t)

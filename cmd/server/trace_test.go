@@ -45,7 +45,7 @@ func startServerCfg(t *testing.T, env map[string]string, log *slog.Logger, mutat
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, log, func(a string) { addr <- a }) }()
+	go func() { done <- serve(ctx, cfg, log, io.Discard, func(a string) { addr <- a }) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {

@@ -17,10 +17,10 @@ import (
 
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/backup/backuptest"
-	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
+	"github.com/backstop-pve/backstop/internal/testenv/testcatalog"
 )
 
 // Integration tests of GC, verify and accounting: the real catalog
@@ -34,7 +34,7 @@ const testChunk = 64 << 10
 
 type env struct {
 	t      testing.TB
-	cat    *catalog.Store
+	cat    backup.Catalog
 	store  *chunkstore.Store
 	faulty *backuptest.FaultyChunkStore // the store as the service sees it
 	svc    *backup.Service
@@ -54,11 +54,7 @@ func newEnv(t testing.TB, tune ...func(*backup.ServiceConfig)) *env {
 		testenv.Missing(t, testenv.PeerS3, "BACKSTOP_TEST_S3_DIR is not set")
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(testenv.PostgresDSN(t))), log)
-	if err != nil {
-		t.Fatalf("open catalog: %v", err)
-	}
-	t.Cleanup(cat.Close)
+	cat := testcatalog.Open(t, log)
 	bucket := testenv.Bucket()
 	scfg := chunkstore.DefaultConfig()
 	scfg.URL = "s3://" + bucket + "?endpoint=" + s3.Endpoint + "&insecure=1"

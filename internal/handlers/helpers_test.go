@@ -20,12 +20,12 @@ import (
 
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
-	"github.com/backstop-pve/backstop/internal/catalog"
 	"github.com/backstop-pve/backstop/internal/chunkstore"
 	"github.com/backstop-pve/backstop/internal/handlers"
 	"github.com/backstop-pve/backstop/internal/nbd"
 	"github.com/backstop-pve/backstop/internal/secret"
 	"github.com/backstop-pve/backstop/internal/testenv"
+	"github.com/backstop-pve/backstop/internal/testenv/testcatalog"
 )
 
 const adminToken = "test-admin-token-0123456789"
@@ -34,7 +34,7 @@ type testServer struct {
 	t        *testing.T
 	url      string
 	handler  http.Handler
-	catalog  *catalog.Store
+	catalog  backup.Catalog
 	store    *chunkstore.Store
 	storeDir string // the file:// store's directory ("" for S3)
 	backups  *backup.Service
@@ -67,11 +67,7 @@ func newS3TestServer(t *testing.T) *testServer {
 func newTestServerWith(t *testing.T, scfg chunkstore.Config) *testServer {
 	t.Helper()
 	ctx := context.Background()
-	cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(testenv.PostgresDSN(t))), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("open catalog: %v", err)
-	}
-	t.Cleanup(cat.Close)
+	cat := testcatalog.Open(t, nil)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	store, err := chunkstore.Open(ctx, scfg, log)
 	if err != nil {

@@ -74,9 +74,12 @@ sub require_peers {
     for my $peer (@_) {
         my $why;
         if ($peer eq 'pg') {
-            $why = 'BACKSTOP_TEST_PG_DSN is not set (a Postgres the tests may create databases on)'
-                if !$ENV{BACKSTOP_TEST_PG_DSN};
-            $why //= 'psql is not installed' if !_which('psql');
+            # With the embedded catalog the server needs no Postgres.
+            if (!embedded_catalog()) {
+                $why = 'BACKSTOP_TEST_PG_DSN is not set (a Postgres the tests may create databases on)'
+                    if !$ENV{BACKSTOP_TEST_PG_DSN};
+                $why //= 'psql is not installed' if !_which('psql');
+            }
             $why //= 'go is not installed (needed to build the server)'
                 if !$ENV{BACKSTOP_PL_SERVER_BIN} && !_which('go');
             $why //= 'openssl is not installed' if !_which('openssl');
@@ -161,6 +164,14 @@ sub zero_sha {
     return $d->hexdigest;
 }
 
+# embedded_catalog(): BACKSTOP_TEST_CATALOG=sqlite runs the servers on the
+# embedded catalog (in their data directory) instead of a Postgres database.
+sub embedded_catalog {
+    my $c = $ENV{BACKSTOP_TEST_CATALOG} // 'postgres';
+    die "BACKSTOP_TEST_CATALOG=$c: want postgres or sqlite\n" if $c ne 'postgres' && $c ne 'sqlite';
+    return $c eq 'sqlite';
+}
+
 sub _psql {
     my ($dsn, $sql) = @_;
     run_out('psql', $dsn, '-v', 'ON_ERROR_STOP=1', '-qAtc', $sql);
@@ -186,11 +197,14 @@ sub start_server {
     my (%o) = @_;
     my $dir = tmpdir();
     my $bin = _server_bin();
-    my $base = $ENV{BACKSTOP_TEST_PG_DSN};
-    my $db = 'backstop_pl_' . rand_hex(6);
-    _psql($base, "CREATE DATABASE $db");
-    my $dbdsn = $base;
-    $dbdsn =~ s{^(postgres(?:ql)?://[^/]*)/?[^?]*}{$1/$db} or die "cannot parse BACKSTOP_TEST_PG_DSN\n";
+    my ($base, $db, $dbdsn);
+    if (!embedded_catalog()) {
+        $base = $ENV{BACKSTOP_TEST_PG_DSN};
+        $db = 'backstop_pl_' . rand_hex(6);
+        _psql($base, "CREATE DATABASE $db");
+        $dbdsn = $base;
+        $dbdsn =~ s{^(postgres(?:ql)?://[^/]*)/?[^?]*}{$1/$db} or die "cannot parse BACKSTOP_TEST_PG_DSN\n";
+    }
 
     run_out('openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
         '-keyout', "$dir/key.pem", '-out', "$dir/cert.pem", '-days', '2', '-subj', '/CN=backstop-test',
@@ -207,7 +221,7 @@ sub start_server {
         BACKSTOP_LISTEN => "127.0.0.1:$srv->{port}",
         BACKSTOP_NBD_LISTEN => "127.0.0.1:$srv->{nbd_port}",
         BACKSTOP_NBD_ADVERTISE => "127.0.0.1:$srv->{nbd_port}",
-        BACKSTOP_DATABASE_URL => $dbdsn,
+        ($db ? (BACKSTOP_DATABASE_URL => $dbdsn) : (BACKSTOP_DATA_DIR => "$dir/data")),
         BACKSTOP_STORE => "file://$dir/chunks",
         BACKSTOP_ADMIN_TOKEN => $srv->{admin_token},
         BACKSTOP_TLS_CERT => "$dir/cert.pem",
@@ -216,6 +230,7 @@ sub start_server {
     );
     my $pid = fork() // die "fork: $!";
     if (!$pid) {
+        delete $ENV{BACKSTOP_DATABASE_URL};
         $ENV{$_} = $env{$_} for keys %env;
         open(STDIN, '<', '/dev/null');
         open(STDOUT, '>', $srv->{log});
@@ -239,8 +254,10 @@ sub start_server {
     };
     push @CLEANUP, sub {
         $srv->{stop}->();
-        eval { _psql($base, "DROP DATABASE IF EXISTS $db WITH (FORCE)") };
-        diag("drop database $db: $@") if $@;
+        if ($db) {
+            eval { _psql($base, "DROP DATABASE IF EXISTS $db WITH (FORCE)") };
+            diag("drop database $db: $@") if $@;
+        }
     };
 
     my $admin = client($srv, $srv->{admin_token});
