@@ -337,13 +337,17 @@ func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, useTLS boo
 	if cfg.NBDAdvertise != "" {
 		nbdHost = cfg.NBDAdvertise
 	}
-	fmt.Fprintf(w, "Backstop is running.\n  API:       %s/api/v1/\n  Dashboard: %s/\n  NBD:       nbd://%s\n", base, base, nbdHost)
+	// One write, so that a reader of the output (a log collector, a test
+	// waiting for the banner) never sees half of it.
+	var b strings.Builder
+	fmt.Fprintf(&b, "Backstop is running.\n  API:       %s/api/v1/\n  Dashboard: %s/\n  NBD:       nbd://%s\n", base, base, nbdHost)
 	switch {
 	case tokenCreated:
-		fmt.Fprintf(w, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
+		fmt.Fprintf(&b, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
 	case tokenFile != "":
-		fmt.Fprintf(w, "  Admin token: in %s\n", tokenFile)
+		fmt.Fprintf(&b, "  Admin token: in %s\n", tokenFile)
 	}
+	_, _ = io.WriteString(w, b.String())
 }
 
 // displayAddr is a listen address as a client would dial it: a wildcard
