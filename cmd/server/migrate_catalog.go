@@ -73,6 +73,16 @@ func runMigrateCatalog(ctx context.Context, args []string, getenv func(string) s
 	}
 	log := newLogger(cfg, stderr)
 
+	// A server still running on this catalog would go on writing after the
+	// copy: take its data directory's lock, which such a server holds.
+	if dir := filepath.Dir(*from); fileExists(filepath.Join(dir, lockFile)) {
+		dd, err := lockDataDir(dir)
+		if err != nil {
+			return fmt.Errorf("migrate-catalog: stop the server first: %w", err)
+		}
+		defer func() { _ = dd.Close() }()
+	}
+
 	src, err := sqlitecat.Open(ctx, sqlitecat.DefaultConfig(*from), log)
 	if err != nil {
 		return fmt.Errorf("migrate-catalog: open %s: %w", *from, err)
@@ -143,4 +153,9 @@ func copyChunks(ctx context.Context, cat *sqlitecat.Store, cfg Config, url strin
 		_, err = fmt.Fprintln(stdout)
 	}
 	return err
+}
+
+func fileExists(name string) bool {
+	_, err := os.Stat(name)
+	return err == nil
 }

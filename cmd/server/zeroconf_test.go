@@ -425,6 +425,16 @@ func TestMigrateCatalog_ZeroConfig(t *testing.T) {
 		}
 		return ""
 	}
+	// While a server holds the data directory, the copy is refused.
+	held, err := lockDataDir("backstop-data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = run(ctx, []string{"migrate-catalog"}, env, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "stop the server first") || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("migrate-catalog next to a running server: %v; want a refusal naming the server", err)
+	}
+	held.Close()
 	if err := run(ctx, []string{"migrate-catalog"}, env, &out, &errOut); err != nil {
 		t.Fatalf("migrate-catalog: %v\n%s", err, errOut.String())
 	}
