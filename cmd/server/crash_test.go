@@ -32,7 +32,11 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildDir != "" { // the server binary zeroconf_test.go built
+		_ = os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 type serverProc struct {
