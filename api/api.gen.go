@@ -850,11 +850,19 @@ type ExportID = string
 // ID defines model for ID.
 type ID = openapi_types.UUID
 
+// IfNoneMatch defines model for IfNoneMatch.
+type IfNoneMatch = string
+
 // NS defines model for NS.
 type NS = Namespace
 
 // Name defines model for Name.
 type Name = string
+
+// GetDashboardParams defines parameters for GetDashboard.
+type GetDashboardParams struct {
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
 
 // ListBackupRunsParams defines parameters for ListBackupRuns.
 type ListBackupRunsParams struct {
@@ -971,6 +979,11 @@ type GetUsageParams struct {
 	Vmid *int `form:"vmid,omitempty" json:"vmid,omitempty"`
 }
 
+// GetDashboardAssetParams defines parameters for GetDashboardAsset.
+type GetDashboardAssetParams struct {
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
+
 // CreateBackupJSONRequestBody defines body for CreateBackup for application/json ContentType.
 type CreateBackupJSONRequestBody = BackupCreate
 
@@ -1018,9 +1031,9 @@ type StartVerifyJSONRequestBody = VerifyRequest
 
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
-	// GetDashboard The web dashboard.
+	// GetDashboard The web dashboard (a static page; its data comes from /api/v1 with the user's token).
 	// (GET /)
-	GetDashboard(w http.ResponseWriter, r *http.Request)
+	GetDashboard(w http.ResponseWriter, r *http.Request, params GetDashboardParams)
 	// GetOpenAPI This document.
 	// (GET /api/openapi.yaml)
 	GetOpenAPI(w http.ResponseWriter, r *http.Request)
@@ -1156,15 +1169,18 @@ type ServerInterface interface {
 	// GetReadyz Readiness; fails when the catalog or the chunk store cannot be reached.
 	// (GET /readyz)
 	GetReadyz(w http.ResponseWriter, r *http.Request)
+	// GetDashboardAsset A static asset of the dashboard (script, style sheet, icon).
+	// (GET /ui/{file})
+	GetDashboardAsset(w http.ResponseWriter, r *http.Request, file string, params GetDashboardAssetParams)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
 
 type Unimplemented struct{}
 
-// GetDashboard The web dashboard.
+// GetDashboard The web dashboard (a static page; its data comes from /api/v1 with the user's token).
 // (GET /)
-func (_ Unimplemented) GetDashboard(w http.ResponseWriter, r *http.Request) {
+func (_ Unimplemented) GetDashboard(w http.ResponseWriter, r *http.Request, params GetDashboardParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1431,6 +1447,12 @@ func (_ Unimplemented) GetReadyz(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// GetDashboardAsset A static asset of the dashboard (script, style sheet, icon).
+// (GET /ui/{file})
+func (_ Unimplemented) GetDashboardAsset(w http.ResponseWriter, r *http.Request, file string, params GetDashboardAssetParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // ServerInterfaceWrapper converts contexts to parameters.
 type ServerInterfaceWrapper struct {
 	Handler            ServerInterface
@@ -1443,8 +1465,35 @@ type MiddlewareFunc func(http.Handler) http.Handler
 // GetDashboard operation middleware
 func (siw *ServerInterfaceWrapper) GetDashboard(w http.ResponseWriter, r *http.Request) {
 
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetDashboardParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch IfNoneMatch
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.GetDashboard(w, r)
+		siw.Handler.GetDashboard(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2918,6 +2967,56 @@ func (siw *ServerInterfaceWrapper) GetReadyz(w http.ResponseWriter, r *http.Requ
 	handler.ServeHTTP(w, r)
 }
 
+// GetDashboardAsset operation middleware
+func (siw *ServerInterfaceWrapper) GetDashboardAsset(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "file" -------------
+	var file string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "file", chi.URLParam(r, "file"), &file, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "file", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetDashboardAssetParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch IfNoneMatch
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetDashboardAsset(w, r, file, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 type UnescapedCookieParamError struct {
 	ParamName string
 	Err       error
@@ -3045,6 +3144,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/", wrapper.GetDashboard)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/ui/{file}", wrapper.GetDashboardAsset)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/api/v1/status", wrapper.GetStatus)
@@ -3176,6 +3278,7 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 type ProblemApplicationProblemPlusJSONResponse Problem
 
 type GetDashboardRequestObject struct {
+	Params GetDashboardParams
 }
 
 type GetDashboardResponseObject interface {
@@ -3200,6 +3303,14 @@ func (response GetDashboard200TexthtmlResponse) VisitGetDashboardResponse(w http
 	}
 	_, err := io.Copy(w, response.Body)
 	return err
+}
+
+type GetDashboard304Response struct {
+}
+
+func (response GetDashboard304Response) VisitGetDashboardResponse(w http.ResponseWriter) error {
+	w.WriteHeader(304)
+	return nil
 }
 
 type GetDashboarddefaultApplicationProblemPlusJSONResponse struct {
@@ -4972,9 +5083,103 @@ func (response GetReadyz503ApplicationProblemPlusJSONResponse) VisitGetReadyzRes
 	return err
 }
 
+type GetDashboardAssetRequestObject struct {
+	File   string `json:"file"`
+	Params GetDashboardAssetParams
+}
+
+type GetDashboardAssetResponseObject interface {
+	VisitGetDashboardAssetResponse(w http.ResponseWriter) error
+}
+
+type GetDashboardAsset200ImagesvgXmlResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetDashboardAsset200ImagesvgXmlResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "image/svg+xml")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type GetDashboardAsset200TextcssResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetDashboardAsset200TextcssResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/css")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type GetDashboardAsset200TextjavascriptResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetDashboardAsset200TextjavascriptResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/javascript")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type GetDashboardAsset304Response struct {
+}
+
+func (response GetDashboardAsset304Response) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+	w.WriteHeader(304)
+	return nil
+}
+
+type GetDashboardAssetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response GetDashboardAssetdefaultApplicationProblemPlusJSONResponse) VisitGetDashboardAssetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
-	// GetDashboard The web dashboard.
+	// GetDashboard The web dashboard (a static page; its data comes from /api/v1 with the user's token).
 	// (GET /)
 	GetDashboard(ctx context.Context, request GetDashboardRequestObject) (GetDashboardResponseObject, error)
 	// GetOpenAPI This document.
@@ -5112,6 +5317,9 @@ type StrictServerInterface interface {
 	// GetReadyz Readiness; fails when the catalog or the chunk store cannot be reached.
 	// (GET /readyz)
 	GetReadyz(ctx context.Context, request GetReadyzRequestObject) (GetReadyzResponseObject, error)
+	// GetDashboardAsset A static asset of the dashboard (script, style sheet, icon).
+	// (GET /ui/{file})
+	GetDashboardAsset(ctx context.Context, request GetDashboardAssetRequestObject) (GetDashboardAssetResponseObject, error)
 }
 
 type StrictHandlerFunc func(ctx context.Context, w http.ResponseWriter, r *http.Request, request any) (any, error)
@@ -5154,8 +5362,10 @@ type strictHandler struct {
 }
 
 // GetDashboard operation middleware
-func (sh *strictHandler) GetDashboard(w http.ResponseWriter, r *http.Request) {
+func (sh *strictHandler) GetDashboard(w http.ResponseWriter, r *http.Request, params GetDashboardParams) {
 	var request GetDashboardRequestObject
+
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.GetDashboard(ctx, request.(GetDashboardRequestObject))
@@ -6455,135 +6665,167 @@ func (sh *strictHandler) GetReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// GetDashboardAsset operation middleware
+func (sh *strictHandler) GetDashboardAsset(w http.ResponseWriter, r *http.Request, file string, params GetDashboardAssetParams) {
+	var request GetDashboardAssetRequestObject
+
+	request.File = file
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetDashboardAsset(ctx, request.(GetDashboardAssetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetDashboardAsset")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetDashboardAssetResponseObject); ok {
+		if err := validResponse.VisitGetDashboardAssetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // Base64 encoded, compressed with deflate, json marshaled OpenAPI spec.
 // Stored as a slice of fixed-width chunks rather than one concatenated
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1rc9s4luhfOcU7VbFraMvOa7qdunUriZ10z03SntjpuX3bWQkiIQltEmAA0LaS9af9tj9zf8kWDsCX",
-	"BEqUTLtTtTMfphUaxOO8Xzj8FkQizQSnXKvg6FuQEUlSqqnEfx3TKxZR8yumKpIs00zw4Cj4x8n7TxBL",
-	"dkWBxSHQ/ek+jPDfeypS7GAUhAEzAzOiZ0EYcJLS4CiI7XRhIOmXnEkaB0da5jQMVDSjKTHr/EXSSXAU",
-	"/K9Bta2B/asauN3c3obByU0mpP752LziWYjFKxfJiNZUmtf+7feDvR/J3uTzt8Pnt38JwkDPMzOB0pLx",
-	"KS617SITIVOig6Mgz3Hk8swfzsqZv+RUzqupuQq6AuUDSanKiIPLB3x/EV2Kk0zNhAYzfQiji/zg4En0",
-	"hab5vyc3Ef6L7tmHVymLGw9+++2334bv3w+Pj/d++sn8ODuzf2/BMf6nI/B3ii3s7hk8fP52GP54634+",
-	"vR3aH4+rH3tLT8ofPtzdmm2oTHBFkZpPpRgnNDU/I8E15dr8JFmWsIgYUA0yO+KvfygDt28dUVDMiys2",
-	"IU84UCmFhJ2Pb17Dj0+f/Q3cGhBTTViidhFvbiqz0ksZzdgV/UhVnuAGMykyKjWzh5iwxP0o6Itx/fxp",
-	"dXzGNZ1SGdyGAafXw/Fcdx6v2FfaaehtHcG/2/fqy4Vum5/LV8X4Dxpps8grEl3m2fLBWNyBawoy++Zh",
-	"p/qO8F0c2r6F15ISjXOROGYGYSQ5rW1pQhJFw4VdjvHVoWZ2F6vI4hNnN+dm3G0Y/CHGw64HVBuwfBgo",
-	"LSSZ4mZScvOO8qmeBUePnz0Lg5Tx4t+HnoXsg9VLvc2p0udm4G0YGNng1mFpngZHPxb/w7Xss8P11OJ2",
-	"7CZ048MGaNux9oZxpmYbYg15cAFEz589e/LcAxaVRxFVqkZjYyESSvjyQdzI9s1+zPkyoZebaYqK69kc",
-	"9IyCzDlMCEuolzomeHwaD4luUFNMNN1D0HlesmhrLmeWUlQpJjggFjpznmeeun6B+sySKiqv/EdpSKfm",
-	"pPi4hIYhGBqDnhENXAAlMmFUguAUZqSx9RWiUHmERiXxmssnYsoikoDdxk4k0pRpTWOzG7XbbcECJkNy",
-	"RVhCxkkL7KrJSygqzZIE6A1TWlVzl1RoeJ5IvSENKO2E3Sp2L6n2DEc3xUt/AmSNgLDCWxUSfFFOVPLD",
-	"nqkBj9CnjDy4WMmzZwWsKDci7fdA5pybQ4eBuDTot+z52QPm14jONuXdory217wOQPi670iVAV+3ecne",
-	"15d7/99YTtXP4f7e528H4fMnPlMqDI6ZuvyZT8TymeJyid5OVfoJ7edi6vI0T5KNtTePr1msZ8OEpUy3",
-	"CZ6MSlA0EjwO4QAmQkLO8QXqlTal7jvwCYIx0ynJhqmIGyTFBXdkitZyrqiXntzbBeFsqOIr3HTxq1Yg",
-	"bJV6DwMlchltaknpnHOa+IViluRTxkFklFs1EDN1+UiBe8cnE3PJlufi4/hoMJgJpY+Mvzig6DaCkMDH",
-	"8V9zzm6OBgP39P8oEV1S/b9PX57/5HXXFohwJc020V5CyEfK1pVd5qsoYc5DWYaP4Mkc7AAgcSypUkCS",
-	"RFzTOITrGeUwFjn3at0V7EpvMiap2kit0HL3y7v88OoYHMTRMNg5fPwDSMJjkcKYadSkLbZKi1W8LGGc",
-	"ZPfrpxYKMw4riAkS1k/n56dnkGdTSWLq6Au0AD1jym3et8tO1Hby/05/+XgOO69evv6/Z+e/nA4/vDoe",
-	"vjz+9eTj+c9nJ7teIlvSg2alEswNHDkdWYIgrGjQnbyd3LbzfRiPh3WynBDUcm5wExhIomjB0S/GBmB8",
-	"6ij2kSppNiVziATnZm8+pt7QF9I6GVq5rRob/OH504ODsPJbnh88/QEfFFLt+YFXJy0B7w1L6AnXcr7M",
-	"rlO/aRMGCeOXQ03klPqptFAMy2+mm3qZreYFhmh8f5Dkelj8sYm/cyOGiZ49UlAqxYhyvUd5JGIaH8E7",
-	"xvMb5GwFnNIYuNAwpvDp/M3eDyEQHsPfz375cMHtcgrUTFyDyqOZm5Eo+PTXN2/eHO/DKVEKmAbjA5rn",
-	"2q0OGBiDMiq5f8G9xm1XQ6MyWgs9PGGJ4ZiYScNL89SgKwiDGZGx+xmZ3/TKyPRERJf254RNhFdh551M",
-	"XGe3udBZiYXKxrVKxGkP65BN8f/TVv/YesZtpiexYaXhtjZZ433f8m9ff7ScvqFUmUoS0Sbb1unwktIM",
-	"ci7phErKIxpDNMv5pQIt8miGbiFTIKmhzWQOO47poRS6b18P3358+fokhMdPYba7qQHnEwOVU1MjpC80",
-	"zYMwSG4iL13gO5+U86VIkvwyCY5+X8PbZvgbNs0lVcFtuIjS+/K/6u7WMqY/34bBzzySNKVck+QlV9dU",
-	"trkFqp0YaqYw2sBtFnAXs8sfg6nt8h8YX9+MMDucYIPZtjKtfXFW30m3h9HfxdgXY946yLQ+itRUd40A",
-	"hdQbB1bb4xPeoIKzxusRhGLRFuhsZSkVh9zQXbszCDZab1ElbQibyvKqm1rlr3BtxGF/aCMOj/0Rh3J+",
-	"f9ghQrxsRqKt9tGXXGjSFowkY0W5PgIuAMd1jP9h0LJtThfStHaQc0ViZqzkSBcKjmlVxgSNhnMKsMvy",
-	"fmujBrKF/a3E72m+qUpfCU6eJwlImoorF+JtBWpdLZu3bBDV5hPXnLi+A9/haqnABbJynLuILrM2pCSa",
-	"MU73JCUxPrC5vchyTqHOxiQeOqfHqDVOcj0Tkn0tgkdjFseUozTSw4nz01OqZyIemkfOkTcIE3ySsMgy",
-	"0zwRJB5qIYaJcSZwapVnxpuj8TClMSNDZz1GMxpdqjwdpkylREczTNWqfDJhkfHAhhWT57yKiYaBYRyR",
-	"a7c3lmYJ6k/cjAG15CRBe5VPKe5VEc3UhC2EVOvRBk1Y4uU5xpUmvCUU4eA3bIkGKE10rvxek2Y6aYlX",
-	"o6XZMmXpF9wQc2zke5Hro3FC0AtYLTwd4O3a5f5CS05+Asw5fU/k5TIJpu5pQU/GAsYYoWGZAHlN00i3",
-	"BKC75UedRMClWre3nT0fy/lQ2rzXYoRg2cHHs204P2EJmnKrw64zkcsu4xJiT7h6VCq4nnWZ7prSyy7j",
-	"5pR02J7P+dg0JrJ1lre7XYpY9JHRWS0810send5ESa6MH7qBYnX61EWkWKVVK6WqjuB6RjTENKEYqmIa",
-	"JpJSBTtvT85hUOrhwTfDOrc4WcdMYKvV0SEByhRYSPWTBBWaqk3Cq5Wo8WTDO2VPuxtL/WUZqWQTVpqG",
-	"i1l2ygFHzIeYPoRrosAIAVBU13e70pKsz+DJ6qzLErY54mFwJRJ/nt2SwcAWZZkhtgprrWYqUqhuXhc0",
-	"bq+8qBKowqKvooGFY69i+FO0OtYJ9pTx+tPDZTdKFypxbdnGSlL1ydGz0oZYCJRFml15EIB7tskVFCpE",
-	"k0RMQUjLmhCJPCljoMZC9Ea00drqGKq0cqvj4JjGeTaURDPRypJW2sAA6sY/7BzYU3GhZyj6lPt7LUPB",
-	"83Rs11lRvWIhZ95HWPn4prGRrlVpheztOn7B8+oSFBaaJC1S+AjRPWEJBTVXmqZgGASzwsQ9Ngu+APol",
-	"J5g7yhWN8e9nT0K4nrFoBjOijNSOSEYipufdpGKexRu7uGbt1VpxC//RsUQBJ7dKQcx1DC1ieAEbJU03",
-	"6bVxVJ9YOSfqsp8QQGwE9DL1CnkJ5k+gBEyIPHIGhGFj2ImZuoQsTxK1GxbGRCZFRJVB9M40Cp1G2Q1t",
-	"OsTYXgp2MmNEdzQSSrbqs+JrbTDukvFV6dYFx7042gugaabnSOIpMYfgxpEDTdSl8qZnambg8pyFmVZa",
-	"ZUakuvox89xMCwZDxoRDhkqosc8WC6Q8tU4t9TsW2N5gs18QIH1Ue2FJArEIgdkN5pxpc4jYKv974uzC",
-	"ZmjubGosHwtBon0gXM/dSBpICVVFlTtKwe+NyFEHXn0npsvsmjDuKn01Tdc6MW6ad4zX3JiASEnmSyew",
-	"M6/YDM6ytCFFv3TVD/SmpcTA+S9dULgYzKdfXMQlcAu0HeCjgdJS8oeoy24lxYuhCveidzVxSXk/gnab",
-	"YpK22o9WB6oUtg2yakshOeIJAymShnggccp4aQdjrIX4DPfWInM3ZWNHDa5pBfZW6YVtYOupIDt8/MPa",
-	"lEQTxC0KwcZxtTkPlnSQSAPjhZowWoIpZUzLlBKOlUpB2E0KeEIZvaOxjsE1eIq7524tK3mStgWLLddL",
-	"jSmRtvJQUh1iuQS3UQth4/5rGBtn9idsyxjKsmloE++gGKrwGQUzFmgmMGy8YbFjvwluVG7dVUYtxe6h",
-	"lpYQx8pchQFHSeWPlE1VvIAqI9RV4fuVt5neKnDLP5okCohE58LV8Rmb9JooIOrSOhUdsj1G9jjQtVBD",
-	"HezL0r50O5u7XcxPVSUZHU3cO8TuuAChZ4Y5lkN3sDORlMbAJkayuBeNq04ltQE968p22OKSe7qwwTw1",
-	"01eF+uxr1wjXilifmxXjj5REs24RvxCIxhShE/gP4EhvnsKsVe3s4NEikXNNYxRoIVB+RRORUQWMR0ke",
-	"d8TToiG1wvus3wIoXc8Fl3SRLn064Ff077ZLiGwYsBdJTOVQzwgfxmTuATxqhCoxzIWGIuSJLhlGjVPC",
-	"54DvrxPZ7c4Z+sMFrY/nroiXcRhxNQqhqLQauR+j3Y5l04pGuWR6fmaO79IBqPrKK5cYNLOPyglmWmf2",
-	"iiVzBQHN3b4i0aXSIgOmgGCCWdOClWz5JULnVIqbVNzAryf7cG4gxaz1cnUIH0/Ozi94JLiWxoLBMM7Y",
-	"FrGe/nriitJDS+hEzcaCyBjLHEWmwG5F7V/wC35yReUcIiONxrmG0WBGSaJnX0c4ejQwdsn86wirJhWM",
-	"XroEMd5BPYJX1gywkV5U6u7C7f4FP59RMIYKEKyOx/AJd/MwBVN2RbnZ8+hmb+zgsWfGj2BnhObRCP7r",
-	"P/8DRhYu7h9mO6PdFxccF0NmxjXKUUK6QWjdjSm4yxCgRS3gYY9uXGurxEZtN2tH1W3YXbhmegYEXIZ9",
-	"FImYjiCl6RiLPY3NUjuWQcPOqCpMGYXFJu0/d3FhNGCcXfMC5aMCRQ0JX3B7OU1eUYlDzT6ePHnyI7ga",
-	"VVdfalPIJUnZyLeydHa4f7B/gIyaUU4yFhwFT/YP9p+4ck4k5wFaL7bgt0TTz3FwFLyl+rignWDhfvLj",
-	"g4OFu8nGLRzMdJo0LyN7LjovqOqSPDNnDZWpWL8kKvdRu8wcGs2UEjl31cDXdFzR/b4BE5kqI4DLE6Ls",
-	"XKC84Mia4Wa+AcnYwIFtf07ssdrA9EtG+cvTn9cDqU5mxaQbwMpQhFsLYhHlqZm2D4gxVc63PbSuDgeW",
-	"wFUNVs0DWGlTGA0ucGagTGPLXae/nJ1DMQ0klFxRFJE5P4KRC42NXFzNvBfCSFyOUEdX1xNDGNmE1sga",
-	"pkyjXRozFREZGwVvA5V2SXc11iYCQiDuRitGUUMjTwgHMiY8FmaXbtNOGNhLA0QJvg8v8QKoyHXCzKbr",
-	"JVEvYLR8r28EisyV2SFai42wYkS4u1qJCRprBRjMNEnvHVO6vAmICbBaS4wWf6YaMvhwho6Mr6uDS7pV",
-	"tLk6xe6fpLzz2Kk1weKFTjOrx5qQOVfgblEau9IgaKKpsyWchendDbOeqaftxcpImP9s9lJefbaSCQ8b",
-	"FzgODxrXN3zg+7yR3Fhu+NDJ46xueS+HKJcEjQFyD4LlJ2Yod260tON5xN6OYyK1GwKn18apnDCpdIis",
-	"Zzy90siuSyMXK1khicIgE8ojdp4d/K3KhpZWAFpfSEDC6FjDsOg0L/OZjai8qmI1aFu/EvF8IzytR48L",
-	"sd02/QYtc3q7RCOHPa/to4OmiO6BIoz2ArKoAYyxayx4G2DYcWYS40zvdiWAcXGGJWU0+Mbi24G7E4Ih",
-	"hNyjxU9zJ0ldT5ONhenPx4Fl5C60cbOniWwiqBRGY8YJShpvj5iHoolmaxdfuxg7wLn+PdltZuuEcSPN",
-	"iTSGLiVp6P5r9Db6xcaYl4SrCZW9kYe1HZA6nARZkAD491ICbEkad5Dxq3DVuMjvQVVpGPWApffkkjZt",
-	"lSum2Dih/WGCT9h0PZ++tuN6Z1P0Y7KEML7WOF/HjU/bIlE9cYsVlxZguYVRiEGuPXpDIt0XRmKmbIzV",
-	"zxpnxhYrmxzcq9jcjC3KPXVC1uPe1i3yoB5OND5FYbz2QAQIenRUGJ+iBsX6DzRnPrw67pUABt/s3azb",
-	"QXVX3evjWRWPJjme1Gyt1hcBQYDO08h2GjiCb3bGI0DMjPbhpXn7go8ODw7h7JrpCIu9TqXQIhKJGtlw",
-	"u72MbeyHiEjJqDJnPoJa2MTGyy64vcxtw2GuX4OkifG+XPGqgH+cvP/0SEEiIpIUnQBsl4V9OC9nNFMJ",
-	"5ZKItQ2UxiWejtpgjvvnI2VLMdDbm4lrrAfhxrbFAE6TmQzwDN2eF90jNuemcO2ooonGok46tPbDgsQq",
-	"4Z8V8H+xeHwurus46IGyP7w6bnQ4oMBFTB8VfQ5g53W1+ifbESEsfgAfx5saBo0/uRYLtk1CO1tMyvZe",
-	"fsFoLznf1Wa4L1fDNSfrJBv7M1UaF789ArKoIOuBhE54vOxpFL5FlFDC82z3RREVwiv9OU+oUlUgqS8B",
-	"OmGSXhPbAmi1VfOmGPkvu6YA2v0bOKy6fN3OzXgtu3ZN+3vi6KXb4w/M1ct37H22D5VgTQiM+oCQkKs+",
-	"Av7/xLJlNFIw6YMdqozOYBJiJvUcbIOjkvmv0iFG84Y1xPfmSSaig/PyTvzP9lyuvsZ5mkFG5Z5l9kRM",
-	"S/TMCI8TOkzEdDhhCb0LZqy10J6P+IDZSMwg2rePgHBnYzxSNouMOdqIZGTMEqbnxh7BWmuCJOcz4t4x",
-	"pU/cyg8R2nVtuTrEdd21hwIsd0fmu9p0RWXFmlq7OjpdamNTfCKnWWwm1JYkNjFwjM9Pik5UmzFa2bDb",
-	"E7TxMIazSO2d1z4Y5CPOVBHii5qprYAkmJLHkCxYc6kviK7z7N4IiWltY4or9OFEroGAFLmmhZ1uLHcz",
-	"5ZHzAZtO3AXv5MWFy14cTlykw3ls0+OurxynU6EZKRqxOoyM5xjTN+TY5mpZVG/pbLXTyXfkSJ1X8MCw",
-	"AGbJbCe52robuVNdSKyjPzWN6gZXE16Wh1W9tK6oL/M0oq3V2BFeVqJpS3MzUvVgmggJo0Yjp1HZiake",
-	"PHikPH2ZLjg2ZgIuZK0KVSSx0WEuPV24HGM6JTyEiRRp/RbeI3VRdYiyRWYKdriAcR5dUg0J1qVNd/HK",
-	"xpho3LSVc2ofs/9ugQtepNGAxYm95ZUIPkUkE97obeyaJWAdSZUGx6Sbq9TBEIXRwpJaYV4DuxNtDrDU",
-	"BU2wktHHWBiVevv6nhJlVe+u2+W2+Q8Uxnv7uvcg3pTIMZkagkiSgimfHvxYlDpwalOnggPhxsTFUzXY",
-	"sna9yc+atua8zn5/iPGKwK5NRv5djO8Jk1XHogfObZkjebD6hxiDuwfRA1pfFkaubQtODE/tYG/9O6Y1",
-	"DdI2CUBZBH5fGasVGOgxAtRAAeWxQ0AV+2ExTTOhF6qeNsRHZe4OvnF1W3P+mof7p60exBKDEEa20qnp",
-	"QY6Ka3pVjQJBf1rBs4O/2SonDGjfoSeTcV6iGTDtE92nua4KfJeIxvcJFbX1J3LqX4O5p7hIoy/UA8dE",
-	"mj3BWor5eL2a+q56hGIti3Tew/JlENhx0s2mK9xFp4Yosiqio/bAO8Pt0gf78tyT6mj0/LkHxHZyu6u+",
-	"SB0875TIyz4c7pdZlswBO43KPLG5qxquYef01dnAOGmKpoRrFqnNjASPgGvcxfCWwL5jSp/VrjZ8X2WI",
-	"RZ/abuZl1Z7lYeryyr5DHYiowsTdCen1kg+lmtV4sGNckeGVSPKUNqmo2ke3suDFlkTrQzdnVafwDYmJ",
-	"YPelTkTXKbzjbmX1AHF7MiCV0+osfMqhbAmzCZwLXg1bC9P/JDD2p0Ur7mjnhq1RsxE545UJ2yhoQc+Z",
-	"xw8H6P6VabMR0gObSasQ7Lo3wJ0R3TSSsFUTBjMc1zHBt+C6FfKtXm26jjW3rTfdhHBaFKN5QVLV/IBj",
-	"cUP9q9LeC+mbcftWha5hYwrcyOalsgvGdllOeq+VqlVuOgSR2UuXyRzMEfYKaDfLCjaN1y+RWlUvuY7S",
-	"tqyY7FcVbJCk9HWPaa0FeBglsAoRZZnkWhP5mNnmQ9+vSu5kuZbf2epguVrg9GBDYZZfTIDAr+9rhpRj",
-	"o+FVuhxfW8liHfFaVT/WUsqrwqZb5h67IrlRwte/SdD48o43zn7Y81o+onF5qx5jsrz+oScxqUpmJxg5",
-	"QTrpVTovEI8k1yuv2zJ1+ZFc3zvVbGY1zCiJ8Xa7Mxs+Ej5tOtR3sxFEpKnec9r5ror+eiYSCix1d4kf",
-	"Hzx/qJUdH9IYsOd4T3aGJNeWQvFINof70/n5KewgGqBsq77bK92Wn25eq8ze4Mg/wXp1gWjPBcxgENzV",
-	"bt1SJVYf3eqkEyWN8H4k5Voy2od+/AUFWjEv6snKUi2w3KNyRDoZ1IC4zgg1EHrthv95RNOesfiORBk2",
-	"bC0W6oc0zJTlV9KwMuFO9NFNklS1z+uJY8vq5+/ER1lfsgw7Tw+eFj2MOd39890WV6+6DjXbVKx+J1hx",
-	"SWBz0AeHdtm4uxW+xec37i/CZlfwBVDdX3ooYcGe+GAnRGM6u6LmX3HoMtg0LuUNiWb0Tl1GbPPetirF",
-	"c+JcxGYivdYaOYTi8nKeJYLEKgTb/3gf3i/2CF7omWxbZI9pIvgUWwrVugqFWF6VMLQBsbuV7VHEsTzN",
-	"0Ge03IjIWzx8TrwBguWWV7U+x0U5JtMhUGyzUp29WYaraFuLDN4MBd7pq1jdm4Js2Pm4beKiLXCVK6x1",
-	"4n/qncb3GVhEepEo/1d/kY2aIHexei3z9uAcmXmaGcvNmoUsCpSyqLxNVOMJv7dKKgt2P5h7gPKpFFP8",
-	"/DG6Ekbq7RVlrmaFHiC+zgApenRveRW2G6eWUDrY9JOr941bc3QPehMxBdtKvIc7HMVcFslYCezub9Mv",
-	"OdaM2W9qwAghN9oe66gQV4YVzu2QB5FYru3xepFl9fgOp7aCnrKi87G6uwG/vuQqXBlotqe4nzBwve33",
-	"A9foNjpZt+Gk0NMvXLG7QQl+E8a1o75DXd1WFXGWUDreTioQt77IksUrQxYLZpqx0b4dhs+feq2yTjUv",
-	"Frh3rXzZCoR50ZW7TR/Yptl/Wo3Zfcp71w/cUwih+mmN+TLC+ybYLGTSLBusd+DaDSGj0v5evsCyUTnh",
-	"kgqwnlT7rZ+P9pOltj5D0r0ZUTOqnEeDlc3lN1hoghVTtSLnHZIkIeiZUBTE5ILb5r/mXGX/xRF+7X+A",
-	"vYfNsKWWxKOFpsaj3RBbXV/wZoE1ipd9OKNa2VbYxQqPFIzqHx8bGY/PdqmUZWPKFxeclJ8aEBJikpJp",
-	"8cF4wKbI8pLGMCYx7KAjS2902SJ4RjRkUsR5hI0mXT04tjAgU8L4Lh7SAW3pilTxzUDCEgtmpsCqNsIv",
-	"eO1ONIyJorb9CRoFWELPOIzQNXPNNWvlbPZsrVeCbGPqe1JVza7Xf97VIIv53q8HEUekdrv3eTXI9X9e",
-	"JYJ/ckPuL2RHEnZFGw24g6PfPy9ePOZUqRflDQkLDuy6Yz94hWBpCzThWVOqJYtWxufeuyH3d1a3ieLq",
-	"x6kUKdUzmiswU4JzR3px5YqJ3ZLbBeFsR/BVMPtoR9wfyHALBiTPDp5sCI4WcjJbZpaerFz0fTyxvBJZ",
-	"fEaR8OobitGMxu3E1ly6aiL/+2djUdgbp9aQyWWCGUzz3M31rTBVyoLf8km9Irx8WORsao/qEqD2uPAw",
-	"yge1Xd9+vv3vAAAA//8=",
+	"7H1pc9s4FuBfecWdqsjVtGXnmm6ltrZyOOnMJmlP7O7Z3nZWgkhIRJsEFAC0rXj8ab/tz9xfsoUH8JJA",
+	"iZJld6p25sO0QoM43n3h8SaIRDYTnHKtgsFNMCOSZFRTif96Qy9ZRM2vmKpIsplmggeD4J/HH3+FWLJL",
+	"CiwOgR5MD2CE/95XkWKHoyAMmBk4IzoJwoCTjAaDILbThYGkX3MmaRwMtMxpGKgooRkx6/xN0kkwCP5L",
+	"v9pW3/5V9d1ubm/D4Ph6JqR+/8a84lmIxSsXmRGtqTSv/a8/Dvd/IvuTLzdHz2//FoSBns/MBEpLxqe4",
+	"1LaLTITMiA4GQZ7jSM/Mk0+C049ER0m5REJJTGW1yPvJvhm0b0fV58/I9QfKpzoJBkeHj5/6Fvh0Ws77",
+	"NadyXk3LVdAV6p9IRtWMOMB/wvcX6UFxMlOJ0GCmD2F0nh8ePom+0iz/d3od4b/ovn14mbG48eD333//",
+	"ffjx4/DNm/2ffzY/Tk/t31uICP/TEbu9Ygt7+wbRX26Owp9u3c+nt0P743H1Y3/pSfnDRxy3ZhtqJrii",
+	"yC4nUoxTmpmfkeCacm1+ktksZRExoOrP7Igf/lQGbjcdUVDMiys2IU84UCmFhN7nt6/hp6fP/g5uDYip",
+	"JixVe4g3N5VZ6aWMEnZJP1OVp7jBmRQzKjWzh5iw1P0oCJhx/fxpdXzGNZ1SGdyGAadXw/Fcdx6v2Dfa",
+	"aehtHcF/2Pfqy4Vum1/KV8X4Txpps8grEl3ks+WDsbgDWxZkduNhp/qO8F0c2r6F15ISjXOROGYGYSQ9",
+	"qW1pQlJFw4VdjvHVoWZ2F6vI4lfOrs/MuNsw+FOMh10PqDZg+TBQWkgypQsi5/GzZ2GQMV6KIM9C9sHq",
+	"pd7lVOkzM/A2DIxscOuwLM+CwU/F/3At++xoPbW4HbsJ3fiwAdp2rL1lnKlkQ6whDy6A6PmzZ0+ee8Ci",
+	"8iiiStVobCxESglfPogb2b7ZzzlfJvRyM01RcZXMQScUZM5hQlhKvdQxwePTeEh0g5piouk+gs7zkkVb",
+	"czmzlKJKMcEBsdCZ8zzz1PUL1GeWVFF56T9KQzo1J8XHJTQMwdAYdEI0cAGUyJRRCYJTSEhj6ytEofII",
+	"jUriNZdPxZRFJAW7jV4ksoxpTWOzG7XXbcECJkNySVhKxmkL7KrJSygqzdIU6DVTWlVzl1RoeJ5IvSEN",
+	"KO2E3Sp2L6n2FEc3xcvuBMgaAWGFtyok+KKcqOSHPVMDHqFPGXlwsZJnTwtYUW5E2h+BzDk3hw4DcWHQ",
+	"b9nziwfMrxGdbcq7RXltr3kdgPB135EqD6FuVJP9by/3/6exnKqfw4P9LzeH4fMnPlMqDN4wdfGeT8Ty",
+	"meJyiZ2dqnRE2s/F1MVJnqYba28eX7FYJ8OUZUy3CZ4ZlaBoJHgcwiFMhISc4wvUK21K3XfoEwRjpjMy",
+	"G2YibpAUF9yRKVrLuaJeenJvF4SzoYqvcNPFcVuBsFXqPQyUyGW0qSWlc85p6heKszSfMg5iRrlVAzFT",
+	"F48UuHd8MjGXbHkuPo4H/X4ilB4Yh7RP0S8FIYGP4x9yzq4H/b57+t+UiC6o/q8nL89+9vqDC0S4kmab",
+	"aC8h5CNl6ysv81WUMuehLMNH8HQOdgCQOJZUKSBpKq5oHMJVQjmMRc69WncFu9LrGZNUbaRWaLn75V1+",
+	"evUGHMTRMOgdPf4RJOGxyGDMNGrSFlulxSpeljBOsvv1UwuFGYcVxAQJ6+ezs5NTyGdTSWLq6Au0AJ0w",
+	"5Tbv22Unajv+Hye/fD6D3quXr//76dkvJ8NPr94MX7757fjz2fvT4z0vkS3pQbNSCeYGjpyOLEEQVjTo",
+	"Tt5Obtv5PozHwzpZTghqOTe4CQwkUbTg6FdjAzA+dRT7SJU0m5E5RIJzszcfU2/oC2mdDq3cVo0N/vj8",
+	"6eFhWPktzw+f/ogPCqn2/NCrk5aA95al9JhrOV9m16nftAmDlPGLoSZySv1UWiiG5TezTb3MVvMCQzS+",
+	"P0hyNSz+2MTfmRHDRCePFJRKMaJc71MeiZjGA/jAeH6NnK2AUxoDFxrGFH49e7v/YwiEx/CP018+nXO7",
+	"nAKViCtQeZS4GYmCX394+/btmwM4IUoB02B8QPNcu9UBA2NQhj0PzrnXuO1qaFRGa6GHJyw1HBMzaXhp",
+	"nhl0BWGQEBm7n5H5TS+NTE9FdGF/TthEeBV23snEdXabC52VWKhsXKtEnPawDtkU/z9r9Y+tZ9xmehIb",
+	"Vhpua5M13vct/+71Z8vpG0qVqSQRbbJtnQ4vKJ1BziWdUEl5RGOIkpxfKNAijxJ0C5kCSQ1tpnPoOaaH",
+	"Uui+ez189/nl6+MQHj+FZG9TA84nBiqnpkZIX2mWB2GQXkdeusB3flXOlyJp+sskGPyxhrfN8Ldsmkuq",
+	"gttwEaX35X/V3a1lTH+5DYP3PJI0o1yT9CVXV1S2uQWqnRhqpjDawG0WcBezyx+Dqe3ynxhf34wwO5xg",
+	"g9m2Mq19cVbfSbeH0T/E2Bdj3jrItD6K1FR3jQCF1BsHVtvjE96ggrPG6xGEYtEW6GxlKRWH3NBduzMI",
+	"NlpvUSVtCJvK8qqbWuWvcG3E4WBoIw6P/RGHcn5/2CFCvGxGoq320ddcaNIWjCRjRbkeABeA4zrG/zBo",
+	"2TanC2laO8i5IjEzVnKkCwXHtCpjgkbDOQXYZXm/tVED2cL+VuL3JN9Upa8EJ8/TFCTNxKUL8bYCta6W",
+	"zVs2iGrziWtOXN+B73C1VOACWTnOXUSXWRsyEiWM031JSYwPbG4vspxTqLMxiYfO6TFqjZNcJ0Kyb0Xw",
+	"aMzimHKURno4cX56RnUi4qF55Bx5gzDBJymLLDPNU0HioRZimBpnAqdW+cx4czQeZjRmZOisxyih0YXK",
+	"s2HGVOYy04yrfDJhkfHAhhWT57yKiYaBYRyRa7c3ls1S1J+4GQNqyUmK9iqfUtyrIpqpCVsIqdajDZqw",
+	"1MtzjCtNeEsowsFv2BINUJroXPm9Js102hKvRkuzZcrSL7gm5tjI9yLXg3FK0AtYLTwd4O3a5f5CS05+",
+	"Asw5/UjkxTIJZu5pQU/GAsYYoWGZAHlN00i3BKC75UedRMClWre3nT0fy/lQ2rzXYoRg2cHHs204P2Ep",
+	"mnKrw66JyGWXcSmxJ1w9KhNcJ12mu6L0osu4OSUdtudzPjaNiWyd5e1ulyIWfWR0WgvP7SSPTq+jNFfG",
+	"D91AsTp96iJSrNKqlVJVA7hKiIaYphRDVUzDRFKqoPfu+Az6pR7u3xjWucXJOmYCW62ODglQpsBCajdJ",
+	"UKGp2iS8WokaTza8U/a0u7G0uywjlWzCStNwMctOOeCI+RDTh3BFFBghAIrq+m5XWpL1GTxZnXVZwjZH",
+	"PAwuRerPs1sy6NuiLDPEVmGt1UxFCtXN64LG7ZUXVQJVWPRVNLBw7FUMf1JUza0U7Bnj9adHy26ULlTi",
+	"2rKNlaTqk6OnpQ2xECiLNLv0IAD3bJMrKFSIJqmYgpCWNSESeVrGQI2F6I1oo7XVMVRp5VbHwTGN89lQ",
+	"Es1EK0taaQN9qBv/0Du0p+JCJyj6lPt7LUPB82xs11lRvWIhZ95HWPn4prGRrlVpheztOn7B8+oSFBaa",
+	"pC1SeIDonrCUgporTTMwDIJZYeIemwVfAP2aE8wd5YrG+PfTJyFcJSxKICHKSO2IzEjE9LybVMxn8cYu",
+	"rll7tVbcwn90LFHAya1SEHMdQ4sYXsBGSdNNem0c1SdWzoi62E0IIDYCepl6hbwA8ydQAiZEDpwBYdgY",
+	"ejFTFzDL01TthYUxMZMiosogujeNQqdR9kKbDjG2l4LezBjRHY2Ekq12WfG1Nhh3wfiqdOuC414c7QXQ",
+	"bKbnSOIZMYfgxpEDTdSF8qZnambg8pyFmVZaZUakuvox89xMCwZDxoRDhkqpsc8WC6Q8tU4t9TsW2N5g",
+	"s18QIH1Ue2FpCrEIgdkN5pxpc4jYKv974uzCZmjubGosHwtBon0gXM/dSBpICVVFlTtKwe+NyFEHXv0g",
+	"psvsmjLuKn01zdY6MW6aD4zX3JiASEnmSyewM6/YDM6ytCFFv3bVD/S6pcTA+S9dULgYzKdfXcQlcAu0",
+	"HeCzgdJS8oeoi24lxYuhCveidzVxQfluBO02xSRttR+tDlQpbBtk1ZZCcsQTBlKkDfFA4ozx0g7GWAvx",
+	"Ge6tReZuysaOGlzTCuyt0gvbwNZTQXb0+Me1KYkmiFsUgo3janMeLOkgkQbGCzVhtARTypiWGSUcK5WC",
+	"sJsU8IQydo7GOgbX4Cnunru1rORJ2hYstlwvNaZE2spDSXWI5RLcRi2EjfuvYWyc2Z+wLWMoy6ahTbyD",
+	"YqjCEwpmLNCZwLDxhsWOu01wo3LrrjJqKXYPtbSEOFbmKgw4Sip/pGyq4gVUGaGuCt+vvM30VoFb/tEk",
+	"VUAkOheujs/YpFdEAVEX1qnokO0xsseBroUa6mBflval29nc7WJ+qirJ6Gji3iF2xwUInRjmWA7dQW8i",
+	"KY2BTYxkcS8aV51KagN61pXtsMUl93Rhg3lmpq8K9dm3rhGuFbE+NyvGHymJkm4RvxCIxhShE/gP4Ehv",
+	"nsKsVe308GiRyLmmMQq0ECi/pKmYUQWMR2ked8TToiG1wvus3wIoXc8Fl3SRLn064Df077ZLiGwYsBdp",
+	"TOVQJ4QPYzL3AB41QpUY5kJDEfJElwyjxhnhc8D314nsducM/eGC1sdzV8TLOIy4GoVQVFqN3I/RXsey",
+	"aUWjXDI9PzXHd+kAVH3llUsMmtlH5QSJ1jN7xZK5goDmbl+R6EJpMQOmgGCCWdOClWz5JULnRIrrTFzD",
+	"b8cHcGYgxaz1cnkEn49Pz855JLiWxoLBMM7YFrGe/HbsitJDS+hEJWNBZIxljmKmwG5FHZzzc358SeUc",
+	"IiONxrmGUT+hJNXJtxGOHvWNXTL/NsKqSQWjly5BjHdQB/DKmgE20otK3V24PTjnZwkFY6gAwep4DJ9w",
+	"Nw9TMGWXlJs9j673xw4e+2b8CHojNI9G8H//z/+GkYWL+4fZzmjvxTnHxZCZcY1ylJBuEFp3YwruMgRo",
+	"UQt42KMb19oqsVHbzdpRdRt2D66YToCAy7CPIhHTEWQ0G2Oxp7FZascyaOiNqsKUUVhs0v5zDxdGA8bZ",
+	"NS9QPipQ1JDwObeX0+QllTjU7OPJkyc/gatRdfWlNoVckpSNfCtLZ0cHhweHyKgzysmMBYPgycHhwRNX",
+	"zonk3EfrhXp46iQfpywauALXKYVEpDHqt5hocgDvdUFKRuUrF2a0prUhHkWNscbMX4EUFqP9sxbQJzPW",
+	"vzwKQQmghghtRLdJscauVBARDiRVwqAzIbHFQ5TL9CDAo1nSeh8Hg+Ad1W+Kt/GUVQ+CFvuuGtKv36K/",
+	"/bJwI/vx4eHCbWzjCPcTnaXN69eeq90Lxkl5vJmz/54cPvW4LEJDJmIrLHsGLsdnZApYJGG0D87rktb+",
+	"o5X7r137rkRaMPjjS2g0ekbk3FVRX9FxDfo9pHXNItzoC1ThBvUQCUOnEymyAo0WJxhhUlQ+UhbPewZB",
+	"mkwN9CtEqeCL2Qe+6QjzYE4sGB0hLiH1lxnlL0/eB2uRUmfkYtINcGNO4NaCWER5ZqbdGtI12DJVztcG",
+	"lDBYkITBwLqFJbQuj/pWhKhWprXyvDDLXGjSQJk6vjn55fQMimkgpeSSohLK+QBGLvg4cpFL814II3Ex",
+	"QiuougAawsimDEfW9GcaLf+YqYjI2NCrDQXbJd3lY5tqCYG4O8MYpw6NxDb8PSY8FmaXbtN7FUlJSpTg",
+	"B/ASr9iKXKfMbLpedPYCRss3J0egyFyZHaI93gjcGpliL69iCszaWcvy5ANTurxrqTaWKJ9O0VX09c1w",
+	"ac1aF46VRQz+ScpbpZ2aPyxemTWzeuw1mXMF7p6qsdwNgiaaOmvN2fDe3TDr+3s6l6yMNfrPZq891mcr",
+	"mfCocUXm6LBxQcYHvi8byY3llhqdfPrqHv1yEHhJ0Bgg70Cw/MwM5c6NHeR4HrHXc0yk9kLg9Mq47RMm",
+	"lQ6R9YwvXboxdWnkolErJFEYzITyiJ1nh3+v8s2lnYX2LRKQMFaMYVgMSyzzmY1ZvaqiYei9vBLxfCM8",
+	"rUePC2LeNj0zLXN6u0QjRzte20cHTRG9A4ow2suYW00NYGwz4yPZEE7PGaKMM73XlQDGxRmWlFH/hsW3",
+	"fXfrBoM0uUeLn+ROkrquMZubZ2+cVdaFNq73NZFNBJXCaMw4QUnj7cLzUDTRbJ7ja8hjB7jgyk6sEKPC",
+	"uSaMG2lOpHElKMlC91+jtzHyYNwlSbiaULkz8rC2A1KHkyALEgD/XkqALUnjDjJ+Fa4arRI8qCoNox1g",
+	"6SO5oE1b5ZIpNk7p7jDBJ2y6nk9f23E7Z1P0m2YpYXytcb6OG5+2xfp2xC1WXFqA5RZGIYYR9+k1ifSu",
+	"MBIzZaPYftY4NbZY2UbiXsXmZmxR7qkTsh7vbN0i0+zhRONTFMbrDogAQY+OCuNT1KBYYYPmzKdXb3ZK",
+	"AP0be/vttl91A/D6eFbFo0mOJy3jJrbzBIIAnaeR7eUwgBs74wAQM6MDeGnePuejo8MjOL1iOsLgy4kU",
+	"WkQiVSOb0LDX3Y39EBEpGVXmzAOoBaZsRPKc2+vyNuDoOmJImhrvy5UHC/jn8cdfHylIRUTSoteC7WNx",
+	"AGfljGYqoVyatraB0rjE01EbLnP/fKRssQt6e4m4woobbmxbDJE1mckAz9DtWdGfY3NuCteOKtqULOqk",
+	"I2s/LEisEv6zAv4vFo/PxVUdBzug7E+v3jR6SFDgIqaPik4S0Htdrf6r7TkRFj+Aj+NNDYPGn1wTC9uI",
+	"op0tJmUDNb9gtNfI72oz3Jer4dq/dZKNuzNVGlfrPQKyqNHbAQkd83jZ0yh8iyilhOezvRdFVAhDwTlP",
+	"qVJVIGlXAnTCJL0itsnSaqvmbTHyP3ZNAbT7N3BYdb29nZvx4nvtIvz3xNFL9/MfmKuXuxj4bB8qwZoQ",
+	"GPUBISFXdAck8y8sDEcjBdNq2APM6AwmIWZSz8G2kCqZ/zIbYjRvWEP8zjzJVHRwXj6I/789l8tvcZ7N",
+	"YEblvmX2VExL9CSExykdpmI6nLCU3gUz1lpoz0d8wnwv5mjt2wMg3NkYj5TN02MWPCIzMmYp03Njj2A1",
+	"O0GS8xlxH5jSx27lhwjtusZnHeK67mJJAZa7I/NDbbqidmVNNWMdnS61sSk+kdMsNlNqiz6bGHiDz4+L",
+	"Xl+bMVrZc90TtPEwhrNI7a3iXTDIZ5ypIsQXNVNbAUmx6AFDsmDNpV1BdJ1n91ZILBwwprhCH07kGghI",
+	"kWta2OnGcjdTDpwP2HTiznknLy5c9uJw4qLggMe2AMF17uN0KjQjRatbh5HxHGP6hhzbXC2L6i2drXY6",
+	"+Y4cqbMKHhgWwCyZ7dVXW3cjd6oLiXX0p6ZR3eBqwsvysKoXLxYVfJ5Wv7UqRsLLWj9taS4hVZeriZAw",
+	"arTKGpW9rurBg0fK0/nqnGPrK+BC1up8RRobHebS04XLMaZTwkNbh1C75/hInVc9uGwZn4IeFzDOowuq",
+	"IcXKv+keXooZ23IKV3ypDjD77xY450UaDVic2nt0qeBTRDLhje7Rrh0FVupUaXBMurlaKAxRGC0sqRXm",
+	"NbA70eYAS13QBGtFfYyFUal3r+8pUVZ1R7td/jDBA4Xx3r3eeRBvSuSYTA1BpGnBlE8PfypKHTi1qVPB",
+	"gXBj4uKpGmxZu0DmZ01b1V9nvz/FeEVg1yYj/yHG94TJqifUA+e2zJE8WP1TjMHdNNkBWl8WRq5tvE4M",
+	"T/Xw6wV3TGsapG0SgLII/L4yViswsMMIUAMFWO6HCKhiPyym2UzohaqnDfFRmbv9G65ua85f83D/svWZ",
+	"WGIQwshWOjU9yFFxEbKqUSDoTyt4dvh3W+WEAe07dL0yzkuUANM+0X2S66qEeolofB+pUVt/5aj+vZ17",
+	"ios0Om89cEyk2XWtpZiP1+vV76pHKNaySOc9LF+3gZ6TbjZd4a6SNUSRVREdtQfeym6XPtj56J5UR6Or",
+	"0j0gtpPbXXWe6uB5Z0Re7MLhfjmbpXPAXq4yT23uqoZr6J28Ou0bJ03RjHDNIrWZkeARcI3bLt4S2A9M",
+	"6dPa5ZHvqwyx6ATczbysGuA8TF1e2dmpAxFVmLg7Ib1e8qFUsxoPesYVGV6KNM9ok4qqfXQrC15s+rQ+",
+	"dHNa9WLfkJgI9rfqRHSdwjvu3tsOIG5PBqRyWp2FTzmUTXc2gXPBq2FrYfpfBMbdadGKO9q5YWvUbETO",
+	"eCnFtmJa0HPm8cMBevfKtNlq6oHNpFUIdv0x4M6IbhpJ2AwLgxmO65jgW3DdCvlWrzZdx5rb1ptuQjgt",
+	"itG8IKlqfiKz6AHwTWnvlf/NuH2rQtewMQVuZPNS2QVjuywnvddK1So3HYKY2Wut6RzMEfYLaDfLCjaN",
+	"1y+RWlUvuY7StqyY3K0q2CBJ6evP01oL8DBKYBUiyjLJtSbyG2bbO32/KrmT5Vp+yayD5WqBswMbCrP8",
+	"YgIEfvtYM6QcGw0vs+X42koW64jXqvqxllJeFTbdMvfYFcmNEr7dmwSNbxt54+xHO17LRzQub7XDmCyv",
+	"f0pLTKqS2QlGTpBOdiqdF4hHkqtVktpQ92dyde9Us5nVsPip7s+ET5sO9d1sBBFpqveddr6ror9KREqB",
+	"Ze7u8uPD5w+1suNDGgN2dd+RnSHJlaVQPJLN4f58dnYCPUQDlI3r93ZKt+XHsdcqs7c48i+wXl0g2nMB",
+	"M+gHd7Vbt1SJ1WfNOulESSO8H0m5lozuQj/+ggKtmBf1ZGWpFljeoXJEOunXgLjOCDUQeu2G/3VE056x",
+	"+I5EGbbELRbaDWmYKcvv0GFlwp3oo5skqWqf1xPHltXP34mPsr5kGXpPD58WXaI53fvr3RZXr7oONdtU",
+	"rH4nWHFJYHPQB4d22Rq9Fb7FB07uL8JmV/AFUN1fdlDCgl8dADshGtOzS2r+FYcug03jUt6QKKF36jJi",
+	"2yO3VSmeEeciNhPptebTIRSXl/NZKkisQrAdpg/g42IX5oWu1LYJ+Zimgk+xaVOtb1OI5VUpQxsQ+4fZ",
+	"LlAcy9MMfUbLrZ68xcNnxBsgWG4qVuskXZRjMh3ajkW1szfLcBVta5HBm6HAO313rHtTkA17S7dNXDRe",
+	"rnKFtW8dPPVO4/vQLiK9SJT/p7/IRm2mu1i9lnl34ByZeZoZy82ahSwKlLKovE1U4wm/t0oqC3Y/mHcA",
+	"5RMppviBaXQljNTbL8pczQo7gPg6A6Togr7lVdhunFpC6XDTj9reN27N0T3oTcUUbLP2HdzhKOaySMZK",
+	"YHd/m37NsWbMfrUERgi50fZYR4W4MqxwZoc8iMRyjaXXiyyrx3uc2gp6yore0uruBvz6kqtwZaDZnuJ+",
+	"wsD1xuoPXKPb6BXehpNCT79wxe4GJfjVHdfw+w51dVtVxFlC6Xg7qUDc+iJLrIFqD1ksmGnGRrs5Cp8/",
+	"9VplnWpeLHDvWvmyFQjzou95mz6wbcn/shqz+5T3ruO6pxCiaMV+1/xHhPdNsFnIpFk2WO/AtRfCjEr7",
+	"e/kCy0blhEsqwHpS7bd+PtuPwtr6DEn3E6ISqpxHg5XN5VduaIoVU7Ui5x5J0xB0IhQFMTnntr2yOVfZ",
+	"f3FkHNK4j92dzbClps+jhbbRo70Qm4mf82aBNYqXAzilWtlm48UKjxSM6p93GxmPz3aplGVjyhfnnJQf",
+	"cxASYpKRafFJfsC20/KCxjAmrrsqp9e6bMKcEA0zKeI8wkaTrh7cdrOdEsb38JAOaEtXpIqvMhKWWjAz",
+	"BVa1EX7Oa3eiYUwUte1P0CiwHXM5jNA1c801a+Vs9mytV4Js6+97UlXNvuJ/3dUgi/mdXw8ijkjtdu/z",
+	"apDrsL1KBP/shtxfyI6k7JKu7Af8gV1STpV6Ud6QsODArjv2k2IIlpU9fjOqJYtWxuc+uiH3d1a3ieLq",
+	"x4kUGdUJzRWYKcG5Iztx5YqJ3ZLbBeFsz/VVMPtsR9wfyHALBiTPDp/spr202TKz9GTlou/zlOWVyOJD",
+	"lYRXX6mMkmZh1xKx5ax/M2EpvV3T0tyK5CzLbSN3o4kdzAZVLLVs9i4Fn9rW28V3PuxYMIpzdQfyl8p+",
+	"qHW9AWq2vakJ6v7rQoRPbv84+NL7U/07Uurf6nK61xIx3G0PdMyZ99Xl9Ifrdb227ZfD+pFSncb9SS6J",
+	"Rd0WLbwJAv576az+smijjtsqb5NVfdbt5kJQep5SUAmlOgQWiVUN1JvrVZ+l+OOLQZu9YW3JLZcpZuzN",
+	"czfXTUF3ZYF7+aR+A6J8WOQoa4/qGq/2uPCoywe1Xd9+uf1/AQAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

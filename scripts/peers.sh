@@ -8,11 +8,23 @@ peers_install() {
 	for tool in qemu-img qemu-nbd qemu-io nbdinfo nbdcopy nbdfuse fusermount3 tar setfacl getfattr; do
 		command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 	done
+	# Headless Chromium for the dashboard's browser tests (from the distribution;
+	# no tool may download a browser of its own).
+	[ -x /usr/bin/chromium ] || need+=(chromium)
 	if ((${#need[@]})); then
-		echo "peers: installing QEMU/NBD tools, tar, acl, attr (missing: ${need[*]})" >&2
+		echo "peers: installing QEMU/NBD tools, tar, acl, attr, chromium (missing: ${need[*]})" >&2
 		export DEBIAN_FRONTEND=noninteractive
 		apt-get update -qq >/dev/null
-		apt-get install -y -qq --no-install-recommends qemu-utils nbdkit libnbd-bin nbdfuse fuse3 tar acl attr >/dev/null
+		apt-get install -y -qq --no-install-recommends qemu-utils nbdkit libnbd-bin nbdfuse fuse3 tar acl attr chromium >/dev/null
+	fi
+	# docker-compose.yml is validated with the compose CLI (no engine):
+	# the docker plugin when present, else Debian's docker-compose.
+	if ! { command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; } &&
+		! command -v docker-compose >/dev/null 2>&1; then
+		echo "peers: installing docker-compose (to validate docker-compose.yml)" >&2
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq >/dev/null
+		apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 	fi
 	VERSITYGW=$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")
 	if [ ! -x "$VERSITYGW" ] || ! go version -m "$VERSITYGW" 2>/dev/null | grep -q 'github.com/versity/versitygw[[:space:]]*v1.8.0'; then

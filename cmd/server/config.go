@@ -13,6 +13,7 @@ import (
 
 	"github.com/backstop-pve/backstop/internal/backup"
 	"github.com/backstop-pve/backstop/internal/secret"
+	"github.com/backstop-pve/backstop/internal/telemetry"
 )
 
 // Config is the whole server configuration. Every field has an environment
@@ -42,6 +43,8 @@ type Config struct {
 	VerifyOlderThanDays string // BACKSTOP_VERIFY_OLDER_THAN_DAYS: scheduled verify skips snapshots verified more recently
 	PruneInterval       string // BACKSTOP_PRUNE_INTERVAL
 	PruneKeep           string // BACKSTOP_PRUNE_KEEP: e.g. keep-last=3,keep-daily=7,keep-weekly=4
+
+	OTel telemetry.Config // the standard OTEL_* variables (telemetry.go)
 }
 
 // DefaultConfig returns the defaults of architecture.md.
@@ -120,6 +123,7 @@ func loadConfig(name string, getenv func(string) string, args []string, out io.W
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err
 	}
+	c.OTel = otelConfig(getenv)
 	return c, fs.Args(), c.Validate()
 }
 
@@ -157,6 +161,7 @@ func (c Config) Validate() error {
 	if _, _, err := c.maintenance(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.OTel.Validate())
 	return errors.Join(errs...)
 }
 

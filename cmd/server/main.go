@@ -7,6 +7,7 @@
 //	server migrate [flags]     apply catalog migrations and exit
 //	server token create …      create an API token and print it once
 //	server migrate-catalog …   copy the embedded catalog into Postgres
+//	server healthcheck [--url]  probe /readyz (the container's health check)
 //
 // Configuration comes from BACKSTOP_* environment variables and the
 // matching flags; `server -h` lists them. With none set the server runs on
@@ -75,6 +76,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runToken(ctx, args, getenv, stdout, stderr)
 	case "migrate-catalog":
 		return runMigrateCatalog(ctx, args, zeroConfigEnv(getenv), stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: server [serve|migrate|migrate-catalog|token create] [flags]; server serve -h lists the flags")
 		return nil
@@ -137,13 +140,22 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 			cfg.AdminToken, tokenFile, tokenCreated = secret.String(tok), path, created
 		}
 	}
-	cat, err := openCatalog(ctx, cfg, dir, log)
+	tel, log, err := setupTelemetry(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, tel.Shutdown(context.WithoutCancel(ctx))) }()
+	cat, err := openCatalog(ctx, cfg, dir, log, tel.catalog)
 	if err != nil {
 		return err
 	}
 	defer cat.Close()
 
 	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	traced, err := tel.store(store)
 	if err != nil {
 		return err
 	}
@@ -154,7 +166,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	}
 	svcCfg := backup.DefaultServiceConfig()
 	svcCfg.GC = gcCfg
-	backups := backup.NewService(log, svcCfg, cat, store, store, nbd.Opener{})
+	tel.service(&svcCfg)
+	backups := backup.NewService(log, svcCfg, cat, traced, traced, nbd.Opener{})
 	defer backups.Close() // after the HTTP server: cancels and waits for running pulls
 
 	var tlsConfig *tls.Config
@@ -173,17 +186,23 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	defer nbdLn.Close()
 
 	status := handlers.NewStatusCache(log, cat.Stats, storeCapacity(cfg.Store), statusInterval)
-	h, err := handlers.New(log, handlers.Config{
-		AdminToken:   string(cfg.AdminToken),
-		NBDAdvertise: cfg.NBDAdvertise,
-		NBDPort:      nbdLn.Addr().(*net.TCPAddr).Port,
-	}, handlers.Deps{
+	deps := handlers.Deps{
 		Catalog: cat,
 		Backups: backups,
 		Status:  status,
 		NBD:     nbdServer,
 		Ready:   []func(context.Context) error{cat.Ping, store.Ping},
-	})
+	}
+	tel.handlers(&deps)
+	refreshGauges, err := tel.catalogMetrics(cat)
+	if err != nil {
+		return err
+	}
+	h, err := handlers.New(log, handlers.Config{
+		AdminToken:   string(cfg.AdminToken),
+		NBDAdvertise: cfg.NBDAdvertise,
+		NBDPort:      nbdLn.Addr().(*net.TCPAddr).Port,
+	}, deps)
 	if err != nil {
 		return err
 	}
@@ -224,6 +243,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	g.Go(func() error { return nbdServer.Serve(gctx, nbdLn) })
 	g.Go(func() error { status.Run(gctx); return nil })
 	g.Go(func() error { backups.RunSchedule(gctx, schedule); return nil })
+	g.Go(func() error { refreshGauges(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
@@ -249,9 +269,15 @@ func (c pgCatalog) Close() error { c.Store.Close(); return nil }
 // openCatalog opens Postgres when BACKSTOP_DATABASE_URL is set, else the
 // embedded catalog in the data directory dir (which the caller made).
 // Both apply pending migrations.
-func openCatalog(ctx context.Context, cfg Config, dir string, log *slog.Logger) (openedCatalog, error) {
+// pgConfig, when set, adjusts the Postgres catalog's configuration (the
+// query tracer).
+func openCatalog(ctx context.Context, cfg Config, dir string, log *slog.Logger, pgConfig func(catalog.Config) catalog.Config) (openedCatalog, error) {
 	if !cfg.embeddedCatalog() {
-		cat, err := catalog.Open(ctx, catalog.DefaultConfig(secret.String(cfg.DatabaseURL)), log)
+		pcfg := catalog.DefaultConfig(secret.String(cfg.DatabaseURL))
+		if pgConfig != nil {
+			pcfg = pgConfig(pcfg)
+		}
+		cat, err := catalog.Open(ctx, pcfg, log)
 		if err != nil {
 			return nil, fmt.Errorf("open catalog: %w", err)
 		}
@@ -283,7 +309,7 @@ func openCatalogCmd(ctx context.Context, cfg Config, log *slog.Logger) (openedCa
 			return nil, err
 		}
 	}
-	return openCatalog(ctx, cfg, dir, log)
+	return openCatalog(ctx, cfg, dir, log, nil)
 }
 
 // migrate applies the catalog's pending migrations.
@@ -311,13 +337,17 @@ func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, useTLS boo
 	if cfg.NBDAdvertise != "" {
 		nbdHost = cfg.NBDAdvertise
 	}
-	fmt.Fprintf(w, "Backstop is running.\n  API:       %s/api/v1/\n  Dashboard: %s/\n  NBD:       nbd://%s\n", base, base, nbdHost)
+	// One write, so that a reader of the output (a log collector, a test
+	// waiting for the banner) never sees half of it.
+	var b strings.Builder
+	fmt.Fprintf(&b, "Backstop is running.\n  API:       %s/api/v1/\n  Dashboard: %s/\n  NBD:       nbd://%s\n", base, base, nbdHost)
 	switch {
 	case tokenCreated:
-		fmt.Fprintf(w, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
+		fmt.Fprintf(&b, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
 	case tokenFile != "":
-		fmt.Fprintf(w, "  Admin token: in %s\n", tokenFile)
+		fmt.Fprintf(&b, "  Admin token: in %s\n", tokenFile)
 	}
+	_, _ = io.WriteString(w, b.String())
 }
 
 // displayAddr is a listen address as a client would dial it: a wildcard

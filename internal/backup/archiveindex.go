@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ArchiveIndex locates the three streams a container archive is stored as
@@ -86,7 +89,17 @@ type ArchiveIngest func(ctx context.Context, w ArchiveWriters) (idx *ArchiveInde
 // cuts and writes the streams, then every chunk is made durable, the index
 // stored, and the archive attached to the session. It returns the archive
 // with its size and the bytes it added to the store.
-func (s *Service) StoreArchive(ctx context.Context, session Snapshot, name string, ingest ArchiveIngest) (Archive, error) {
+func (s *Service) StoreArchive(ctx context.Context, session Snapshot, name string, ingest ArchiveIngest) (a Archive, err error) {
+	ctx, span := s.tracer.Start(ctx, "backup.store_archive", trace.WithAttributes(
+		attribute.String("namespace", session.Namespace), attribute.Int("vmid", session.VMID)))
+	defer func() {
+		span.SetAttributes(attribute.Int64("size", a.Size), attribute.Int64("new_bytes", a.NewBytes))
+		endSpan(span, err)
+	}()
+	return s.storeArchive(ctx, session, name, ingest)
+}
+
+func (s *Service) storeArchive(ctx context.Context, session Snapshot, name string, ingest ArchiveIngest) (Archive, error) {
 	if session.State != SnapshotOpen {
 		return Archive{}, Errorf(ErrConflict, "backup %s is already committed", session.ID)
 	}
@@ -108,6 +121,9 @@ func (s *Service) StoreArchive(ctx context.Context, session Snapshot, name strin
 		Meta:     NewChunkWriter(wctx, s.chunks, s.catalog, s.cfg.Pull),
 		Payload:  NewChunkWriter(wctx, s.chunks, s.catalog, s.cfg.Pull),
 		Volatile: NewChunkWriter(wctx, s.chunks, s.catalog, s.cfg.Pull),
+	}
+	for _, cw := range []*ChunkWriter{w.Meta, w.Payload, w.Volatile} {
+		cw.metrics = s.metrics
 	}
 	idx, size, files, err := ingest(wctx, w)
 	var newBytes int64

@@ -75,6 +75,10 @@ type SnapshotCatalog interface {
 	// LastSnapshot returns the newest committed snapshot of a guest in a
 	// namespace that came through storage, for incremental decisions.
 	LastSnapshot(ctx context.Context, ns string, vmid int, typ GuestType, storage string) (Snapshot, error)
+	// LastBackups returns the newest committed snapshot of every guest of
+	// every namespace (whatever storage it came through), for the "last
+	// successful backup" metrics alerting relies on.
+	LastBackups(ctx context.Context) ([]LastBackup, error)
 }
 
 // ChunkCatalog keeps one row per stored chunk. Lookups are batched: one

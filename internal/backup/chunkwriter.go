@@ -36,6 +36,8 @@ type ChunkWriter struct {
 	mu     sync.Mutex // guards record and stats, written by uploads
 	record []ChunkInfo
 	stats  ChunkWriterStats
+
+	metrics *serviceMetrics // nil unless a Service made the writer
 }
 
 type pendingChunk struct {
@@ -87,6 +89,7 @@ func (w *ChunkWriter) Write(data []byte) (ChunkID, error) {
 	}
 	id := w.chunks.Sum(data)
 	if w.seen[id] {
+		w.metrics.addDedupHits(w.gctx, 1)
 		return id, nil
 	}
 	w.seen[id] = true
@@ -137,8 +140,10 @@ func (w *ChunkWriter) flush() error {
 	if err := reserveChunks(w.gctx, w.catalog, reserve, w.reserveWait); err != nil {
 		return fmt.Errorf("reserve chunks: %w", err)
 	}
+	hits := 0
 	for _, p := range w.pending {
 		if known[p.id] {
+			hits++
 			w.bufs <- p.buf
 			continue
 		}
@@ -153,9 +158,11 @@ func (w *ChunkWriter) flush() error {
 			w.stats.NewChunks++
 			w.stats.NewBytes += n
 			w.mu.Unlock()
+			w.metrics.addUpload(w.gctx, n)
 			return nil
 		})
 	}
+	w.metrics.addDedupHits(w.gctx, hits)
 	w.pending = w.pending[:0]
 	return w.recordDone()
 }

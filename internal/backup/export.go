@@ -8,6 +8,9 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Export is an NBD export of one disk of a snapshot, for restores. Its Name
@@ -22,7 +25,8 @@ type Export struct {
 	ClientIP  string // when set, only this address may connect
 	CreatedAt time.Time
 	image     *Image
-	conns     int // open NBD connections; guarded by exportRegistry.mu
+	conns     int               // open NBD connections; guarded by exportRegistry.mu
+	origin    trace.SpanContext // the request that created it, linked from each connection's span
 }
 
 // exportRegistry holds the exports this server serves. Exports live in
@@ -35,6 +39,16 @@ type exportRegistry struct {
 
 func newExportRegistry() *exportRegistry {
 	return &exportRegistry{byID: map[string]*Export{}, byName: map[string]*Export{}}
+}
+
+// counts returns the number of exports and of open connections to them.
+func (r *exportRegistry) counts() (exports, conns int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.byID {
+		conns += e.conns
+	}
+	return len(r.byID), conns
 }
 
 func randomHex(n int) string {
@@ -59,6 +73,7 @@ func (s *Service) CreateExport(ctx context.Context, snap Snapshot, device string
 	e := &Export{
 		ID: randomHex(8), Name: randomHex(16), Namespace: snap.Namespace, Snapshot: snap.Name, Device: device,
 		ExpiresAt: now.Add(ttl).Truncate(time.Second), ClientIP: clientIP, CreatedAt: now, image: im,
+		origin: trace.SpanContextFromContext(ctx),
 	}
 	r := s.exports
 	r.mu.Lock()
@@ -124,12 +139,19 @@ func (s *Service) OpenExport(name string, remote net.Addr) (*Image, func(), erro
 		return nil, nil, Errorf(ErrNotFound, "no such export")
 	}
 	e.conns++
+	// One span per restore connection, from the NBD handshake to its end:
+	// a trace of its own (a connection may come hours after the request),
+	// linked to the request that created the export.
+	_, span := s.tracerOrNoop().Start(context.Background(), "backup.restore_export", trace.WithAttributes(
+		attribute.String("namespace", e.Namespace), attribute.String("snapshot", e.Snapshot), attribute.String("disk", e.Device)),
+		trace.WithLinks(trace.Link{SpanContext: e.origin}))
 	var once sync.Once
 	return e.image, func() {
 		once.Do(func() {
 			r.mu.Lock()
 			e.conns--
 			r.mu.Unlock()
+			span.End()
 		})
 	}, nil
 }

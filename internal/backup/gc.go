@@ -76,7 +76,9 @@ func (s *Service) startGC(ctx context.Context, grace time.Duration, gap time.Dur
 		return Task{}, Errorf(ErrInvalid, "grace %v is negative", grace)
 	}
 	return s.startMaintenance(ctx, TaskGC, "", gap, func(ctx context.Context, lock Lock, p *taskProgress, tlog func(string, ...any)) error {
-		_, err := s.runGC(ctx, lock, grace, p, tlog)
+		res, err := s.runGC(ctx, lock, grace, p, tlog)
+		s.metrics.gcFreed.Add(ctx, res.Bytes)
+		s.metrics.gcChunks.Add(ctx, res.Chunks)
 		return err
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // Maintenance tasks (GC, verify, prune) run one at a time per kind across
@@ -50,18 +52,20 @@ func (s *Service) startMaintenance(ctx context.Context, kind, ns string, gap tim
 		lock.Unlock()
 		return Task{}, err
 	}
+	mctx, span := s.startJobSpan(s.ctx, ctx, "backup."+kind, attribute.String("task_id", task.ID))
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer lock.Unlock() // idempotent; runMaintenance unlocks when fn is done
-		s.runMaintenance(s.ctx, task, lock, fn)
+		endSpan(span, s.runMaintenance(mctx, task, lock, fn))
 	}()
 	return task, nil
 }
 
 // runMaintenance runs fn to its end, writing progress as a heartbeat and
 // the outcome to the task.
-func (s *Service) runMaintenance(ctx context.Context, task Task, lock Lock, fn maintenanceRun) {
+func (s *Service) runMaintenance(ctx context.Context, task Task, lock Lock, fn maintenanceRun) error {
+	taskDone := s.metrics.taskStarted(ctx, task.Kind)
 	log := s.log.With("task_id", task.ID, "kind", task.Kind)
 	fctx := context.WithoutCancel(ctx)
 	tlog := func(format string, args ...any) {
@@ -100,6 +104,9 @@ func (s *Service) runMaintenance(ctx context.Context, task Task, lock Lock, fn m
 	if err := s.catalog.FinishTask(fctx, task.ID, state, msg); err != nil {
 		log.ErrorContext(ctx, "finish task", "err", err)
 	}
+	taskDone(state)
+	s.metrics.maintenanceDone(ctx, task.Kind, err == nil, s.now())
+	return err
 }
 
 // heartbeat writes p to the task every ProgressInterval until stopped, so

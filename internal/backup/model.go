@@ -111,6 +111,16 @@ type Job struct {
 	FinishedAt *time.Time
 }
 
+// LastBackup is the newest committed snapshot of one guest in a namespace,
+// as the metrics show it.
+type LastBackup struct {
+	Namespace string
+	VMID      int
+	Type      GuestType
+	Time      time.Time // the snapshot's backup time
+	Size      int64     // its logical size in bytes
+}
+
 // Snapshot is a backup session and, once committed, the snapshot it became.
 // Its ID is the backup session id of the API.
 type Snapshot struct {

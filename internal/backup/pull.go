@@ -123,6 +123,7 @@ type puller struct {
 	stats   *pullStats
 	onWarn  func(msg string)
 	hook    func(stage string) // calls ServiceConfig.Hook; nil in unit tests
+	metrics *serviceMetrics    // nil in unit tests
 }
 
 func (p *puller) run(ctx context.Context) (*FixedIndex, error) {
@@ -289,6 +290,7 @@ func (p *puller) read(ctx context.Context, b []byte, off int64) error {
 			return err
 		}
 		p.stats.Read.Add(int64(n))
+		p.metrics.addRead(ctx, n)
 		b, off = b[n:], off+int64(n)
 	}
 	return nil
@@ -347,6 +349,7 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 		stored[u.id] = true
 		p.stats.NewBytes += u.stored
 		p.stats.NewCount++
+		p.metrics.addUpload(ctx, u.stored)
 		record = append(record, ChunkInfo{ID: u.id, Size: int64(u.length), StoredSize: u.stored})
 		if len(record) >= p.cfg.DedupBatch {
 			if err := flush(); err != nil {
@@ -411,6 +414,7 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 			}
 		}
 		var toUpload []produced
+		hits := 0
 		for _, pr := range batch {
 			switch {
 			case pr.zero:
@@ -419,17 +423,20 @@ func (p *puller) dedup(ctx context.Context, idx *FixedIndex, in <-chan produced,
 					return err
 				}
 			case stored[pr.id] || known[pr.id]:
+				hits++
 				stored[pr.id] = true
 				if err := durable(pr); err != nil {
 					return err
 				}
 			case waiting[pr.id] != nil:
+				hits++
 				waiting[pr.id] = append(waiting[pr.id], pr)
 			default:
 				waiting[pr.id] = []produced{}
 				toUpload = append(toUpload, pr)
 			}
 		}
+		p.metrics.addDedupHits(ctx, hits)
 		if len(query) > 0 && p.hook != nil {
 			p.hook("pull:looked-up")
 		}

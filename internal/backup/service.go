@@ -11,6 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 )
 
@@ -92,6 +96,11 @@ type ServiceConfig struct {
 	// GC and Verify tune the maintenance tasks.
 	GC     GCConfig
 	Verify VerifyConfig
+	// TracerProvider and MeterProvider receive the Service's spans (one per
+	// disk pull, archive, maintenance run and restore export) and metrics;
+	// nil means none.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 	// Hook, when set, is called at named points of GC and pulls
 	// ("gc:cutoff", "gc:claimed", "gc:deleted", "pull:looked-up",
 	// "pull:reserved"), from the goroutine doing the work, so tests can
@@ -130,6 +139,9 @@ type Service struct {
 	stored storedCache // namespaces' stored bytes, for quota checks
 
 	exports *exportRegistry
+
+	tracer  trace.Tracer
+	metrics *serviceMetrics
 }
 
 type pullKey struct{ session, device string }
@@ -151,6 +163,16 @@ func NewService(log *slog.Logger, cfg ServiceConfig, catalog ServiceCatalog, chu
 		cache: NewChunkCache(chunks, cfg.CacheBytes, cfg.Prefetchers), now: time.Now, ctx: ctx, cancel: cancel, pulls: map[pullKey]*runningPull{},
 		exports: newExportRegistry(),
 	}
+	tp, mp := telemetryProviders(cfg)
+	s.tracer = tp.Tracer(instrumentationName)
+	m, err := newServiceMetrics(mp, s)
+	if err != nil {
+		// Only a malformed instrument name fails, which a test catches:
+		// run without metrics rather than without backups.
+		log.Error("backup: create metrics", "err", err)
+		m, _ = newServiceMetrics(metricnoop.NewMeterProvider(), s)
+	}
+	s.metrics = m
 	if cfg.StaleAfter > 0 {
 		s.wg.Add(1)
 		go func() {
@@ -272,12 +294,16 @@ func (s *Service) StartPull(ctx context.Context, session Snapshot, req PullReque
 		return Task{}, err
 	}
 	rp.taskID = task.ID
+	pctx, span := s.startJobSpan(pctx, ctx, "backup.pull_disk", attribute.String("namespace", session.Namespace),
+		attribute.Int("vmid", session.VMID), attribute.String("disk", req.Device), attribute.String("task_id", task.ID),
+		attribute.String("bitmap_mode", string(req.BitmapMode)))
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer cancel()
 		defer s.forget(key)
-		s.runPull(pctx, task, session, req, base, rp)
+		err := s.runPull(pctx, task, session, req, base, rp)
+		endSpan(span, err)
 	}()
 	return task, nil
 }
@@ -374,7 +400,8 @@ func (s *Service) loadFixedIndex(ctx context.Context, d Disk) (*FixedIndex, erro
 }
 
 // runPull runs one pull to its end and records the outcome in its task.
-func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req PullRequest, base *FixedIndex, rp *runningPull) {
+func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req PullRequest, base *FixedIndex, rp *runningPull) error {
+	taskDone := s.metrics.taskStarted(ctx, taskBackupDisk)
 	log := s.log.With("snapshot", session.Name, "disk", req.Device, "task_id", task.ID)
 	tlog := func(format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
@@ -385,6 +412,8 @@ func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req 
 	start := s.now()
 	stats := &pullStats{}
 	disk, err := s.pullDisk(ctx, task, session, req, base, rp, stats, tlog)
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(attribute.Int64("bytes_read", stats.Read.Load()), attribute.Int64("new_bytes", stats.NewBytes))
 	state, msg := TaskOK, ""
 	if err != nil {
 		state, msg = TaskError, err.Error()
@@ -406,6 +435,8 @@ func (s *Service) runPull(ctx context.Context, task Task, session Snapshot, req 
 	if err := s.catalog.FinishTask(fctx, task.ID, state, msg); err != nil {
 		log.ErrorContext(ctx, "finish task", "err", err)
 	}
+	taskDone(state)
+	return err
 }
 
 func (s *Service) pullDisk(ctx context.Context, task Task, session Snapshot, req PullRequest, base *FixedIndex,
@@ -423,7 +454,7 @@ func (s *Service) pullDisk(ctx context.Context, task Task, session Snapshot, req
 	tlog("pulling %s: %d bytes, bitmap mode %s", req.Device, req.Size, req.BitmapMode)
 
 	p := &puller{cfg: s.cfg.Pull, chunks: s.chunks, catalog: s.catalog, src: src, base: base, stats: stats,
-		onWarn: func(msg string) { tlog("warning: %s", msg) }, hook: s.hook}
+		onWarn: func(msg string) { tlog("warning: %s", msg) }, hook: s.hook, metrics: s.metrics}
 	if req.BandwidthLimit > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(req.BandwidthLimit), int(min(req.BandwidthLimit, int64(s.cfg.Pull.ChunkSize))))
 	}

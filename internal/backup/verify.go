@@ -84,6 +84,7 @@ func (s *Service) startVerify(ctx context.Context, opts VerifyOptions, gap time.
 	}
 	return s.startMaintenance(ctx, TaskVerify, f.Namespace, gap, func(ctx context.Context, _ Lock, p *taskProgress, tlog func(string, ...any)) error {
 		res, err := s.runVerify(ctx, f, p, tlog)
+		s.metrics.verifyFailed.Add(ctx, int64(len(res.Failed)))
 		if err == nil && len(res.Failed) > 0 {
 			err = &Error{Kind: errFoundDamage, Detail: fmt.Sprintf("%d of %d snapshots failed verification", len(res.Failed), res.Snapshots)}
 		}

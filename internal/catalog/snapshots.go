@@ -186,6 +186,26 @@ func (s *Store) LastSnapshot(ctx context.Context, ns string, vmid int, typ backu
 	return snap, nil
 }
 
+// LastBackups returns the newest committed snapshot of every guest of
+// every namespace, for the last-backup gauges (one query per refresh, not
+// per scrape).
+func (s *Store) LastBackups(ctx context.Context) ([]backup.LastBackup, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT DISTINCT ON (ns, vmid, type) ns, vmid, type, backup_time, size
+		FROM snapshots WHERE state = 'committed'
+		ORDER BY ns, vmid, type, backup_time DESC, committed_at DESC`)
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (backup.LastBackup, error) {
+		var b backup.LastBackup
+		var typ string
+		err := r.Scan(&b.Namespace, &b.VMID, &typ, &b.Time, &b.Size)
+		b.Type = backup.GuestType(typ)
+		return b, err
+	})
+	if err != nil {
+		return nil, wrapf(err, "last backups")
+	}
+	return out, nil
+}
+
 // UpdateSnapshotMeta sets the non-nil ones of notes and protected.
 func (s *Store) UpdateSnapshotMeta(ctx context.Context, ns, name string, notes *string, protected *bool) (backup.Snapshot, error) {
 	snap, err := scanSnapshot(s.pool.QueryRow(ctx, `

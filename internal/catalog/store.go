@@ -110,6 +110,9 @@ func poolConfig(cfg Config) (*pgxpool.Config, error) {
 // Close closes the pool, waiting for connections in use to be returned.
 func (s *Store) Close() { s.pool.Close() }
 
+// PoolStat returns the connection pool's figures, for metrics.
+func (s *Store) PoolStat() *pgxpool.Stat { return s.pool.Stat() }
+
 // Ping checks that Postgres answers.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.pool.Ping(ctx); err != nil {

@@ -65,6 +65,7 @@ func samplePath(p string) string {
 		"{id}", "7d3f4a52-8f7e-4b1c-9a57-0a6b3c2d1e0f",
 		"{name}", "qemu-100-2026_11_25-22_00_00",
 		"{device}", "drive-scsi0",
+		"{file}", "app.js",
 	)
 	p = r.Replace(p)
 	if strings.HasSuffix(p, "/files/content") {
@@ -73,11 +74,12 @@ func samplePath(p string) string {
 	return p
 }
 
-// TestAuth_EveryRouteNeedsAToken walks the whole contract: only /healthz and
-// /readyz answer without a token; a bad token is refused everywhere.
+// TestAuth_EveryRouteNeedsAToken walks the whole contract: only /healthz,
+// /readyz and the dashboard's static files answer without a token; a bad
+// token is refused everywhere else.
 func TestAuth_EveryRouteNeedsAToken(t *testing.T) {
 	s := newTestServer(t)
-	public := []string{"GET /healthz", "GET /readyz"}
+	public := []string{"GET /healthz", "GET /readyz", "GET /", "GET /ui/{file}"}
 	for _, op := range specOps(t) {
 		method, path, _ := strings.Cut(op, " ")
 		r := s.do(method, samplePath(path), "", "", nil)

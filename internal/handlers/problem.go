@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/go-chi/chi/v5/middleware"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
@@ -101,6 +102,10 @@ func writeProblemStatus(w http.ResponseWriter, ctx context.Context, status int, 
 	}
 	if id := middleware.GetReqID(ctx); id != "" {
 		p.RequestId = &id
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		id := sc.TraceID().String()
+		p.TraceId = &id
 	}
 	if inst := requestInfoFrom(ctx).path; inst != "" {
 		p.Instance = &inst

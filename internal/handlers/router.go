@@ -2,8 +2,10 @@
 // api/openapi.yaml served on chi, with bearer-token auth, request
 // validation, and errors as application/problem+json.
 //
-// Middleware order (style.md §10): request id → recoverer → access log →
-// route lookup + auth → body limits + validation → generated router. Auth and
+// Middleware order (style.md §10): request id → recoverer → OpenTelemetry
+// (server span, HTTP metrics; the span is named after the chi route once
+// the guard has found it) → access log → route lookup + auth → body limits
+// + validation → generated router. Auth and
 // validation read the contract itself, so a route's role and the shape of
 // its input are written down once.
 package handlers
@@ -20,9 +22,15 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/backstop-pve/backstop/api"
 	"github.com/backstop-pve/backstop/internal/backup"
+	"github.com/backstop-pve/backstop/internal/dashboard"
 )
 
 // Config holds what the HTTP layer needs beyond its dependencies.
@@ -49,6 +57,19 @@ type Deps struct {
 	NBD interface {
 		ServeConn(ctx context.Context, c net.Conn)
 	}
+	// Metrics serves GET /metrics (Prometheus text format); nil answers
+	// 501.
+	Metrics http.Handler
+	// Telemetry, when set, wraps every request (but the health probes) in
+	// a server span and records the HTTP server metrics.
+	Telemetry *Telemetry
+}
+
+// Telemetry holds the OpenTelemetry providers of the HTTP layer.
+type Telemetry struct {
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	Propagator     propagation.TextMapPropagator
 }
 
 // handler serves the contract (it implements api.StrictServerInterface).
@@ -61,10 +82,13 @@ type handler struct {
 	nbd     interface {
 		ServeConn(context.Context, net.Conn)
 	}
-	ready []func(context.Context) error
-	auth  *authenticator
-	ops   map[string]*operation
-	api   *chi.Mux // the generated routes, used to look up patterns
+	ready   []func(context.Context) error
+	metrics http.Handler
+	auth    *authenticator
+	ops     map[string]*operation
+	api     *chi.Mux // the generated routes, used to look up patterns
+
+	dashboard *dashboard.Assets // the web dashboard's embedded files
 }
 
 var _ api.StrictServerInterface = (*handler)(nil)
@@ -78,6 +102,10 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	assets, err := dashboard.Load()
+	if err != nil {
+		return nil, err
+	}
 	h := &handler{
 		log:     log,
 		cfg:     cfg,
@@ -86,9 +114,12 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 		status:  deps.Status,
 		ready:   deps.Ready,
 		nbd:     deps.NBD,
+		metrics: deps.Metrics,
 		auth:    newAuthenticator(deps.Catalog, cfg.AdminToken, cfg.Now),
 		ops:     ops,
 		api:     chi.NewRouter(),
+
+		dashboard: assets,
 	}
 	strict := api.NewStrictHandlerWithOptions(h, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -115,7 +146,11 @@ func New(log *slog.Logger, cfg Config, deps Deps) (http.Handler, error) {
 	})
 
 	root := chi.NewRouter()
-	root.Use(middleware.RequestID, h.recoverer, h.accessLog, h.guard)
+	root.Use(middleware.RequestID, h.recoverer)
+	if t := deps.Telemetry; t != nil {
+		root.Use(otelMiddleware(t))
+	}
+	root.Use(h.accessLog, h.guard)
 	root.Mount("/", h.api)
 	return root, nil
 }
@@ -159,6 +194,10 @@ func (h *handler) guard(next http.Handler) http.Handler {
 			return
 		}
 		ctx := r.Context()
+		if span := trace.SpanFromContext(ctx); span.IsRecording() {
+			span.SetName(r.Method + " " + pattern)
+			span.SetAttributes(attribute.String("http.route", pattern))
+		}
 		if !op.public {
 			p, err := h.auth.authenticate(ctx, r)
 			if err != nil {
@@ -265,4 +304,21 @@ func (h *handler) accessLog(next http.Handler) http.Handler {
 		)
 		h.log.LogAttrs(r.Context(), slog.LevelInfo, "http request", attrs...)
 	})
+}
+
+// otelMiddleware starts the server span of a request (continuing the
+// caller's trace from traceparent) and records otelhttp's HTTP metrics.
+// Health probes are left out: they would be most of the spans and say
+// nothing. The span is named "METHOD" here and renamed after the route
+// pattern by guard, which is where the route is known.
+func otelMiddleware(t *Telemetry) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return otelhttp.NewHandler(next, "http",
+			otelhttp.WithTracerProvider(t.TracerProvider),
+			otelhttp.WithMeterProvider(t.MeterProvider),
+			otelhttp.WithPropagators(t.Propagator),
+			otelhttp.WithFilter(func(r *http.Request) bool { return r.URL.Path != "/healthz" && r.URL.Path != "/readyz" }),
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method }),
+		)
+	}
 }

@@ -1,8 +1,9 @@
 // Package testenv gives integration tests the real peers they run against
 // (Postgres, an S3 server, QEMU's NBD tools) and decides what happens when a
 // peer is missing: the test skips with a reason, unless the peer is named in
-// BACKSTOP_TEST_REQUIRE (comma-separated: pg,s3,qemu), where it fails. CI sets
-// BACKSTOP_TEST_REQUIRE=pg,s3,qemu so that no integration test skips there.
+// BACKSTOP_TEST_REQUIRE (comma-separated: pg,s3,qemu,browser), where it fails.
+// CI sets BACKSTOP_TEST_REQUIRE=pg,s3,qemu,browser so that no integration test
+// skips there.
 package testenv
 
 import (
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,10 @@ const (
 	PeerPostgres = "pg"
 	PeerS3       = "s3"
 	PeerQEMU     = "qemu"
+	PeerBrowser  = "browser" // headless Chromium for the dashboard tests
+	// PeerCompose is `docker compose` (the plugin) or Debian's
+	// docker-compose, used to validate docker-compose.yml; no engine needed.
+	PeerCompose = "compose"
 )
 
 // Missing skips t, or fails it when peer is required.
@@ -122,4 +128,38 @@ func Tool(t testing.TB, peer, name string) string {
 		Missing(t, peer, name+" not in PATH")
 	}
 	return p
+}
+
+// Chromium returns the path of the Chromium the dashboard tests drive
+// (/usr/bin/chromium, as Debian's chromium package installs it, else
+// chromium or chromium-browser in PATH). Tests never download a browser.
+func Chromium(t testing.TB) string {
+	t.Helper()
+	const debian = "/usr/bin/chromium"
+	if fi, err := os.Stat(debian); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+		return debian
+	}
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	Missing(t, PeerBrowser, debian+" not found (apt-get install chromium)")
+	return ""
+}
+
+// ArtifactsDir returns a directory for files a test leaves for people to
+// look at (screenshots): $BACKSTOP_TEST_ARTIFACTS/<test name> when that is
+// set, else a directory under the test's temporary directory.
+func ArtifactsDir(t testing.TB) string {
+	t.Helper()
+	base := os.Getenv("BACKSTOP_TEST_ARTIFACTS")
+	if base == "" {
+		return t.TempDir()
+	}
+	dir := filepath.Join(base, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("artifacts dir: %v", err)
+	}
+	return dir
 }

@@ -58,6 +58,7 @@ func Run(t *testing.T, newCatalog func(t *testing.T) backup.Catalog) {
 		{"ConcurrentCommits", testConcurrentCommits},
 		{"ListSnapshots", testListSnapshots},
 		{"LastSnapshot", testLastSnapshot},
+		{"LastBackups", testLastBackups},
 		{"KnownChunks", testKnownChunks},
 		{"KnownChunksBad", testKnownChunksBad},
 		{"KnownChunksLargeBatch", testKnownChunksLargeBatch},

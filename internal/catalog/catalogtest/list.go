@@ -1,6 +1,7 @@
 package catalogtest
 
 import (
+	"sort"
 	"testing"
 	"time"
 
@@ -116,4 +117,40 @@ func testStats(t *testing.T, c backup.Catalog) {
 		t.Fatalf("Stats: %v", err)
 	}
 	wantEqual(t, "Stats", st, backup.RepositoryStats{Snapshots: 2, LogicalBytes: 5700, StoredBytes: 3003, Chunks: 3})
+}
+
+// testLastBackups: the newest committed snapshot per guest, across
+// namespaces and storages; open sessions do not count.
+func testLastBackups(t *testing.T, c backup.Catalog) {
+	if got, err := c.LastBackups(t.Context()); err != nil || len(got) != 0 {
+		t.Fatalf("LastBackups of an empty catalog = %+v, %v", got, err)
+	}
+	mustSnapshot(t, c, newSnapshot("default", backup.GuestQemu, 100, "a", t0), 10)
+	newest := mustSnapshot(t, c, newSnapshot("default", backup.GuestQemu, 100, "b", t0.Add(time.Hour)), 20)
+	mustSnapshot(t, c, newSnapshot("default", backup.GuestQemu, 100, "a", t0.Add(-time.Hour)), 30)
+	mustCreate(t, c, newSnapshot("default", backup.GuestQemu, 100, "a", t0.Add(2*time.Hour))) // open
+	mustSnapshot(t, c, newSnapshot("default", backup.GuestLXC, 100, "a", t0), 40)
+	mustSnapshot(t, c, newSnapshot("other", backup.GuestQemu, 100, "a", t0.Add(3*time.Hour)), 50)
+	mustCreate(t, c, newSnapshot("default", backup.GuestQemu, 101, "a", t0)) // never committed
+
+	got, err := c.LastBackups(t.Context())
+	if err != nil {
+		t.Fatalf("LastBackups: %v", err)
+	}
+	sort.Slice(got, func(i, j int) bool {
+		a, b := got[i], got[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.VMID != b.VMID {
+			return a.VMID < b.VMID
+		}
+		return a.Type < b.Type
+	})
+	want := []backup.LastBackup{
+		{Namespace: "default", VMID: 100, Type: backup.GuestLXC, Time: t0, Size: 40},
+		{Namespace: "default", VMID: 100, Type: backup.GuestQemu, Time: newest.BackupTime, Size: 20},
+		{Namespace: "other", VMID: 100, Type: backup.GuestQemu, Time: t0.Add(3 * time.Hour), Size: 50},
+	}
+	wantEqual(t, "LastBackups", got, want)
 }

@@ -177,6 +177,33 @@ func (s *Store) LastSnapshot(ctx context.Context, ns string, vmid int, typ backu
 	return snap, nil
 }
 
+// LastBackups returns the newest committed snapshot of every guest.
+func (s *Store) LastBackups(ctx context.Context) ([]backup.LastBackup, error) {
+	// SQLite takes the other columns of a max() aggregate from the row that
+	// holds the maximum.
+	rows, err := s.rdb.QueryContext(ctx, `SELECT ns, vmid, type, max(backup_time), size
+		FROM snapshots WHERE state = 'committed' GROUP BY ns, vmid, type ORDER BY ns, vmid, type`)
+	if err != nil {
+		return nil, wrapf(err, "last backups")
+	}
+	defer rows.Close()
+	var out []backup.LastBackup
+	for rows.Next() {
+		var b backup.LastBackup
+		var typ string
+		var at int64
+		if err := rows.Scan(&b.Namespace, &b.VMID, &typ, &at, &b.Size); err != nil {
+			return nil, wrapf(err, "last backups")
+		}
+		b.Type, b.Time = backup.GuestType(typ), fromMicros(at)
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrapf(err, "last backups")
+	}
+	return out, nil
+}
+
 // UpdateSnapshotMeta sets the non-nil ones of notes and protected.
 func (s *Store) UpdateSnapshotMeta(ctx context.Context, ns, name string, notes *string, protected *bool) (backup.Snapshot, error) {
 	var n, p any
