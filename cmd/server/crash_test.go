@@ -124,6 +124,12 @@ func freeTCPPort(t *testing.T) int {
 
 func call(t *testing.T, method, url, token string, body any, out any) int {
 	t.Helper()
+	return callWith(t, http.DefaultClient, method, url, token, body, out)
+}
+
+// callWith is call through client (e.g. one pinned to a certificate).
+func callWith(t *testing.T, client *http.Client, method, url, token string, body any, out any) int {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -134,7 +140,7 @@ func call(t *testing.T, method, url, token string, body any, out any) int {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +193,8 @@ func TestCrash_MidPull(t *testing.T) {
 // data directory, whose lock the killed process must not leave held.
 func TestCrash_MidPullZeroConfig(t *testing.T) {
 	data := t.TempDir()
-	env := []string{"BACKSTOP_DATA_DIR=" + data}
+	// Plain HTTP, as the other crash tests: TLS changes nothing here.
+	env := []string{"BACKSTOP_DATA_DIR=" + data, "BACKSTOP_TLS=off"}
 	tok := func() string {
 		b, err := os.ReadFile(filepath.Join(data, adminTokenFile))
 		if err != nil {
