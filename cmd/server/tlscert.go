@@ -115,8 +115,8 @@ func certHosts(listen string) []string {
 	return hosts
 }
 
-// newSelfSigned makes a self-signed ECDSA P-256 server certificate for
-// hosts, valid from an hour before now for certValidity, and returns it
+// newSelfSigned makes a self-signed ECDSA P-256 server certificate (its
+// own CA) for hosts, valid from an hour before now for certValidity, and returns it
 // and its PKCS #8 key in PEM.
 func newSelfSigned(hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -132,9 +132,14 @@ func newSelfSigned(hosts []string, now time.Time) (certPEM, keyPEM []byte, err e
 		Subject:               pkix.Name{CommonName: hosts[0], Organization: []string{"Backstop self-signed"}},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(certValidity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
+		// Its own CA, as `openssl req -x509` makes it: clients that
+		// take it as a trust anchor (qemu's tls-creds-x509 dir, curl
+		// --cacert) insist on a CA certificate. No path below it.
+		IsCA:           true,
+		MaxPathLenZero: true,
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

@@ -72,9 +72,15 @@ func TestNewSelfSigned(t *testing.T) {
 	if !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
 		t.Errorf("no server auth usage: %v", c.ExtKeyUsage)
 	}
+	// Its own trust anchor (qemu-img, curl --cacert), for each name.
+	if !c.IsCA || c.MaxPathLen != 0 || !c.MaxPathLenZero {
+		t.Errorf("IsCA %v, MaxPathLen %d (zero %v): want a CA with no path below it", c.IsCA, c.MaxPathLen, c.MaxPathLenZero)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c)
 	for _, name := range []string{"localhost", "127.0.0.1", "::1", "192.0.2.7"} {
-		if err := c.VerifyHostname(name); err != nil {
-			t.Errorf("certificate is not for %s: %v", name, err)
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, DNSName: name, CurrentTime: now}); err != nil {
+			t.Errorf("certificate does not verify for %s against itself: %v", name, err)
 		}
 	}
 	second, _, err := newSelfSigned(hosts, now)

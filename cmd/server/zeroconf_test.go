@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -458,6 +459,26 @@ func TestZeroConfig_RunCommand(t *testing.T) {
 	qemuTool(t, "qemu-img", "convert", "-f", "raw", export.URI, "-O", "raw", out)
 	if got := fileSHA256(t, out); got != want {
 		t.Fatalf("restored disk sha256 %s, backed up %s", got, want)
+	}
+	// The same export over NBD STARTTLS, trusting the generated certificate.
+	caDir := t.TempDir()
+	certPEM, err := os.ReadFile(filepath.Join(data, "tls", "cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(caDir, "ca-cert.pem"), certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eu, err := url.Parse(export.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outTLS := filepath.Join(t.TempDir(), "restored-tls.raw")
+	qemuTool(t, "qemu-img", "convert", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+caDir,
+		"--image-opts", fmt.Sprintf("driver=nbd,host=%s,port=%s,export=%s,tls-creds=tls0", eu.Hostname(), eu.Port(), strings.TrimPrefix(eu.Path, "/")),
+		"-O", "raw", outTLS)
+	if got := fileSHA256(t, outTLS); got != want {
+		t.Fatalf("disk restored over NBD STARTTLS: sha256 %s, backed up %s", got, want)
 	}
 
 	// A second server on the same data directory refuses at once.
