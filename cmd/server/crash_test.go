@@ -55,7 +55,9 @@ func startServerProc(t *testing.T, env []string) *serverProc {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(append(cmd.Env, runServerEnv+"=1"), env...)
+	// Plain HTTP unless env says otherwise: TLS changes nothing here, and
+	// an embedded catalog would otherwise bring a generated certificate.
+	cmd.Env = append(append(cmd.Env, runServerEnv+"=1", "BACKSTOP_TLS=off"), env...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -193,8 +195,7 @@ func TestCrash_MidPull(t *testing.T) {
 // data directory, whose lock the killed process must not leave held.
 func TestCrash_MidPullZeroConfig(t *testing.T) {
 	data := t.TempDir()
-	// Plain HTTP, as the other crash tests: TLS changes nothing here.
-	env := []string{"BACKSTOP_DATA_DIR=" + data, "BACKSTOP_TLS=off"}
+	env := []string{"BACKSTOP_DATA_DIR=" + data}
 	tok := func() string {
 		b, err := os.ReadFile(filepath.Join(data, adminTokenFile))
 		if err != nil {
