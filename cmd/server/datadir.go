@@ -16,8 +16,9 @@ import (
 
 // Files of the data directory (BACKSTOP_DATA_DIR). It holds what the server
 // keeps on its own host: the embedded catalog when BACKSTOP_DATABASE_URL is
-// unset, the chunk store when BACKSTOP_STORE is unset, and the generated
-// bootstrap admin token when BACKSTOP_ADMIN_TOKEN is unset.
+// unset, the chunk store when BACKSTOP_STORE is unset, the generated
+// bootstrap admin token when BACKSTOP_ADMIN_TOKEN is unset, and the
+// generated TLS certificate (tlscert.go) when none is configured.
 const (
 	catalogFile    = "catalog.db"
 	chunksDir      = "chunks"
