@@ -28,6 +28,7 @@ type Config struct {
 	S3SecretKey       secret.String // BACKSTOP_S3_SECRET_KEY
 	AdminToken        secret.String // BACKSTOP_ADMIN_TOKEN: bootstrap admin bearer token; unset: generated in DataDir (when DataDir is in use)
 	DataDir           string        // BACKSTOP_DATA_DIR: local state when the catalog or the store is not configured
+	TLS               string        // BACKSTOP_TLS: auto (self-signed certificate in DataDir when it is in use) or off
 	TLSCert           string        // BACKSTOP_TLS_CERT
 	TLSKey            string        // BACKSTOP_TLS_KEY
 	EncryptionKeyFile string        // BACKSTOP_ENCRYPTION_KEY_FILE
@@ -53,6 +54,7 @@ func DefaultConfig() Config {
 		Listen:    ":8280",
 		NBDListen: ":10809",
 		DataDir:   "./backstop-data",
+		TLS:       "auto",
 		LogFormat: "text",
 		LogLevel:  "info",
 
@@ -79,6 +81,7 @@ func (c *Config) settings() []setting {
 		{name: "s3-secret-key", usage: "S3 secret key", sec: &c.S3SecretKey},
 		{name: "admin-token", usage: "bootstrap admin bearer token, at least 16 characters (default: generated into the data dir when it is in use)", sec: &c.AdminToken},
 		{name: "data-dir", usage: "directory for the embedded catalog, chunks, admin token and lock when those are not configured", str: &c.DataDir},
+		{name: "tls", usage: "auto: HTTPS with --tls-cert, else with a self-signed certificate generated into the data dir when it is in use; off: plain HTTP (behind a TLS-terminating proxy)", str: &c.TLS},
 		{name: "tls-cert", usage: "TLS certificate file (HTTPS and NBD STARTTLS)", str: &c.TLSCert},
 		{name: "tls-key", usage: "TLS key file", str: &c.TLSKey},
 		{name: "encryption-key-file", usage: "file with a 32-byte key (raw or 64 hex digits) for AES-256-GCM chunks", str: &c.EncryptionKeyFile},
@@ -143,6 +146,15 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("BACKSTOP_TLS_CERT and BACKSTOP_TLS_KEY go together")
+	}
+	switch c.TLS {
+	case "auto":
+	case "off":
+		if c.TLSCert != "" || c.TLSKey != "" {
+			bad("BACKSTOP_TLS=off turns TLS off, but BACKSTOP_TLS_CERT/BACKSTOP_TLS_KEY are set: drop one or the other")
+		}
+	default:
+		bad("BACKSTOP_TLS %q: want auto or off", c.TLS)
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		bad("BACKSTOP_ADMIN_TOKEN must be at least 16 characters")

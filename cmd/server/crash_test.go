@@ -32,7 +32,11 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildDir != "" { // the server binary zeroconf_test.go built
+		_ = os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 type serverProc struct {
@@ -51,7 +55,9 @@ func startServerProc(t *testing.T, env []string) *serverProc {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(append(cmd.Env, runServerEnv+"=1"), env...)
+	// Plain HTTP unless env says otherwise: TLS changes nothing here, and
+	// an embedded catalog would otherwise bring a generated certificate.
+	cmd.Env = append(append(cmd.Env, runServerEnv+"=1", "BACKSTOP_TLS=off"), env...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -120,6 +126,12 @@ func freeTCPPort(t *testing.T) int {
 
 func call(t *testing.T, method, url, token string, body any, out any) int {
 	t.Helper()
+	return callWith(t, http.DefaultClient, method, url, token, body, out)
+}
+
+// callWith is call through client (e.g. one pinned to a certificate).
+func callWith(t *testing.T, client *http.Client, method, url, token string, body any, out any) int {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -130,7 +142,7 @@ func call(t *testing.T, method, url, token string, body any, out any) int {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,9 @@ import (
 
 // Files of the data directory (BACKSTOP_DATA_DIR). It holds what the server
 // keeps on its own host: the embedded catalog when BACKSTOP_DATABASE_URL is
-// unset, the chunk store when BACKSTOP_STORE is unset, and the generated
-// bootstrap admin token when BACKSTOP_ADMIN_TOKEN is unset.
+// unset, the chunk store when BACKSTOP_STORE is unset, the generated
+// bootstrap admin token when BACKSTOP_ADMIN_TOKEN is unset, and the
+// generated TLS certificate (tlscert.go) when none is configured.
 const (
 	catalogFile    = "catalog.db"
 	chunksDir      = "chunks"
@@ -141,27 +142,7 @@ func (d *dataDir) adminToken() (token, path string, created bool, err error) {
 	}
 	// Written under a temporary name and renamed, so a crash never leaves
 	// a half-written token that the next start would reject.
-	tmp, err := os.CreateTemp(d.path, ".admin-token-*")
-	if err != nil {
-		return "", path, false, err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return "", path, false, err
-	}
-	if _, err := tmp.WriteString(token + "\n"); err != nil {
-		tmp.Close()
-		return "", path, false, err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return "", path, false, err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", path, false, err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := writeFileAtomic(path, []byte(token+"\n"), 0o600); err != nil {
 		return "", path, false, err
 	}
 	return token, path, true, nil

@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "migrate-catalog":
 		return runMigrateCatalog(ctx, args, zeroConfigEnv(getenv), stdout, stderr)
 	case "healthcheck":
-		return runHealthcheck(ctx, args, stdout, stderr)
+		return runHealthcheck(ctx, args, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: server [serve|migrate|migrate-catalog|token create] [flags]; server serve -h lists the flags")
 		return nil
@@ -121,6 +121,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	// own: the catalog, the chunk store and the admin token.
 	var tokenFile string
 	var tokenCreated bool
+	certPath, keyPath, certCreated := cfg.TLSCert, cfg.TLSKey, false
 	dir := ""
 	if cfg.usesDataDir() {
 		dd, err := lockDataDir(cfg.DataDir)
@@ -138,6 +139,12 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 				return fmt.Errorf("admin token: %w", err)
 			}
 			cfg.AdminToken, tokenFile, tokenCreated = secret.String(tok), path, created
+		}
+		if cfg.tlsMode() == tlsGenerated {
+			certPath, keyPath, certCreated, err = dd.selfSignedCert(cfg.Listen)
+			if err != nil {
+				return fmt.Errorf("TLS certificate: %w", err)
+			}
 		}
 	}
 	tel, log, err := setupTelemetry(ctx, cfg, log)
@@ -170,13 +177,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	backups := backup.NewService(log, svcCfg, cat, traced, traced, nbd.Opener{})
 	defer backups.Close() // after the HTTP server: cancels and waits for running pulls
 
+	// One TLS configuration for the API, the dashboard and NBD STARTTLS.
 	var tlsConfig *tls.Config
-	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return fmt.Errorf("load TLS certificate: %w", err)
+	cert := certInfo{path: certPath, created: certCreated, generated: cfg.tlsMode() == tlsGenerated}
+	if cfg.tlsMode() != tlsPlain {
+		if tlsConfig, err = loadTLS(certPath, keyPath); err != nil {
+			return err
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		cert.fingerprint = fingerprint(tlsConfig.Certificates[0].Certificate[0])
 	}
 	nbdServer := nbd.NewServer(nbd.NewBackupExports(backups), nbd.ServerOptions{TLSConfig: tlsConfig, Logger: log})
 	nbdLn, err := net.Listen("tcp", cfg.NBDListen)
@@ -224,8 +232,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	log.InfoContext(ctx, "backstop listening", "http", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
-		"tls", tlsConfig != nil, "store", cfg.Store, "catalog", catalogName(cfg, dir))
-	printBanner(out, cfg, ln.Addr(), nbdLn.Addr(), tlsConfig != nil, tokenFile, tokenCreated)
+		"tls", tlsConfig != nil, "fingerprint", cert.fingerprint, "store", cfg.Store, "catalog", catalogName(cfg, dir))
+	printBanner(out, cfg, ln.Addr(), nbdLn.Addr(), cert, tokenFile, tokenCreated)
 	if cfg.AdminToken == "" {
 		log.WarnContext(ctx, "no BACKSTOP_ADMIN_TOKEN set: only tokens in the catalog can call the API (create one with `server token create`)")
 	}
@@ -324,15 +332,26 @@ func migrate(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return cat.Close()
 }
 
+// certInfo is what the banner says about the server's certificate; an
+// empty fingerprint means plain HTTP.
+type certInfo struct {
+	path        string
+	fingerprint string // SHA-256, AA:BB:… as PVE pins it
+	generated   bool   // the data directory's self-signed certificate
+	created     bool   // generated on this start
+}
+
 // printBanner tells the operator where the server answers and how to
 // authenticate: the generated token itself on the start that made it,
-// later only the file that holds it.
-func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, useTLS bool, tokenFile string, tokenCreated bool) {
+// later only the file that holds it. With TLS it shows the certificate's
+// fingerprint and the pvesm command that pins it.
+func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, cert certInfo, tokenFile string, tokenCreated bool) {
 	scheme := "http"
-	if useTLS {
+	if cert.fingerprint != "" {
 		scheme = "https"
 	}
-	base := scheme + "://" + displayAddr(httpAddr)
+	api := displayAddr(httpAddr)
+	base := scheme + "://" + api
 	nbdHost := displayAddr(nbdAddr)
 	if cfg.NBDAdvertise != "" {
 		nbdHost = cfg.NBDAdvertise
@@ -346,6 +365,22 @@ func printBanner(w io.Writer, cfg Config, httpAddr, nbdAddr net.Addr, useTLS boo
 		fmt.Fprintf(&b, "  Admin token (shown once; kept in %s):\n    %s\n", tokenFile, string(cfg.AdminToken))
 	case tokenFile != "":
 		fmt.Fprintf(&b, "  Admin token: in %s\n", tokenFile)
+	}
+	switch {
+	case cert.fingerprint == "":
+		fmt.Fprintf(&b, "  TLS:       off (PVE connects only over HTTPS: put a TLS-terminating proxy in front)\n")
+	default:
+		what := ""
+		switch {
+		case cert.created:
+			what = " (self-signed, generated now)"
+		case cert.generated:
+			what = " (self-signed)"
+		}
+		fmt.Fprintf(&b, "  TLS:       %s%s\n  Fingerprint (SHA-256):\n    %s\n", cert.path, what, cert.fingerprint)
+		host, port, _ := net.SplitHostPort(api)
+		fmt.Fprintf(&b, "  Add it to Proxmox VE (on one node; make the token with `server token create --name pve --role backup`):\n"+
+			"    pvesm add backstop backstop --server %s --port %s --fingerprint %s --token 'bst_…'\n", host, port, cert.fingerprint)
 	}
 	_, _ = io.WriteString(w, b.String())
 }

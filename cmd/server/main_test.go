@@ -18,7 +18,8 @@ import (
 func startServer(t *testing.T, env map[string]string) string {
 	t.Helper()
 	getenv := func(k string) string { return env[k] }
-	cfg, _, err := loadConfig("test", getenv, []string{"--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0"}, io.Discard)
+	// Plain HTTP: the zero-config tests cover the generated certificate.
+	cfg, _, err := loadConfig("test", getenv, []string{"--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0", "--tls=off"}, io.Discard)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}

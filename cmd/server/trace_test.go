@@ -37,7 +37,7 @@ func (s *syncBuffer) Bytes() []byte {
 func startServerCfg(t *testing.T, env map[string]string, log *slog.Logger, mutate func(*Config)) (base string, stop func()) {
 	t.Helper()
 	cfg, _, err := loadConfig("test", func(k string) string { return env[k] },
-		[]string{"--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0"}, io.Discard)
+		[]string{"--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0", "--tls=off"}, io.Discard)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}

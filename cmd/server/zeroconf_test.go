@@ -3,9 +3,14 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +83,7 @@ type binProc struct {
 	done           chan struct{}
 	api, nbd       string // from the banner
 	token          string // the banner's admin token line, when it shows one
+	fingerprint    string // the banner's certificate fingerprint, when it serves TLS
 }
 
 // bareEnv is the environment of a fresh shell: PATH and HOME only.
@@ -139,9 +145,10 @@ func (p *binProc) exitCode(t *testing.T) int {
 }
 
 var (
-	bannerAPI   = regexp.MustCompile(`(?m)^\s*API:\s+(http://\S+)/api/v1/$`)
+	bannerAPI   = regexp.MustCompile(`(?m)^\s*API:\s+(https?://\S+)/api/v1/$`)
 	bannerNBD   = regexp.MustCompile(`(?m)^\s*NBD:\s+nbd://(\S+)$`)
 	bannerToken = regexp.MustCompile(`(?m)^\s*(bst_[0-9a-f]{16}_[0-9a-f]{64})$`)
+	bannerFP    = regexp.MustCompile(`(?m)^\s*Fingerprint \(SHA-256\):\n\s*((?:[0-9A-F]{2}:){31}[0-9A-F]{2})$`)
 )
 
 // waitBanner waits until the server printed where it listens.
@@ -155,6 +162,9 @@ func (p *binProc) waitBanner(t *testing.T) {
 				p.api, p.nbd = m[1], n[1]
 				if tm := bannerToken.FindStringSubmatch(out); tm != nil {
 					p.token = tm[1]
+				}
+				if fm := bannerFP.FindStringSubmatch(out); fm != nil {
+					p.fingerprint = fm[1]
 				}
 				return
 			}
@@ -241,12 +251,108 @@ func testDisk(t *testing.T, dir string) string {
 	return raw
 }
 
+// sha256Colons is a certificate's fingerprint as PVE and `openssl x509
+// -fingerprint -sha256` write it (AA:BB:…), computed here on its own so
+// that the server's formatting is checked, not reused.
+func sha256Colons(der []byte) string {
+	h := strings.ToUpper(hex.EncodeToString(sha256sum(der)))
+	pairs := make([]string, 0, len(h)/2)
+	for i := 0; i < len(h); i += 2 {
+		pairs = append(pairs, h[i:i+2])
+	}
+	return strings.Join(pairs, ":")
+}
+
+func sha256sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+// pemFingerprint is the fingerprint of the certificate in a PEM file.
+func pemFingerprint(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		t.Fatalf("%s holds no PEM certificate", name)
+	}
+	return sha256Colons(blk.Bytes)
+}
+
+// servedFingerprint is the fingerprint of the certificate a TLS server at
+// url's host presents.
+func servedFingerprint(t *testing.T, url string) string {
+	t.Helper()
+	host := strings.TrimPrefix(url, "https://")
+	conn, err := tls.Dial("tcp", host, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("TLS handshake with %s: %v", host, err)
+	}
+	defer conn.Close()
+	return sha256Colons(conn.ConnectionState().PeerCertificates[0].Raw)
+}
+
+// pinnedClient talks HTTPS only to a server whose certificate has the
+// fingerprint fp, as the PVE plugin does.
+func pinnedClient(fp string) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{
+		InsecureSkipVerify: true, // replaced by the pin below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 || sha256Colons(raw[0]) != fp {
+				return fmt.Errorf("server certificate does not have fingerprint %s", fp)
+			}
+			return nil
+		},
+	}
+	return &http.Client{Transport: tr}
+}
+
+// checkCertificate checks the TLS side of a zero-config start: an https
+// API whose served certificate is the one in data/tls, with the banner's
+// fingerprint (checked against openssl's when it is installed), a key only
+// its owner reads, and a pvesm command that pins it. It returns the
+// fingerprint.
+func checkCertificate(t *testing.T, p *binProc, data string) string {
+	t.Helper()
+	if !strings.HasPrefix(p.api, "https://") || p.fingerprint == "" {
+		t.Fatalf("zero-config server does not serve HTTPS with a fingerprint:\n%s", p.stdout)
+	}
+	cert, key := filepath.Join(data, "tls", "cert.pem"), filepath.Join(data, "tls", "key.pem")
+	wantMode(t, filepath.Join(data, "tls"), 0o700)
+	wantMode(t, key, 0o600)
+	if got := pemFingerprint(t, cert); got != p.fingerprint {
+		t.Errorf("banner fingerprint %s, %s has %s", p.fingerprint, cert, got)
+	}
+	if got := servedFingerprint(t, p.api); got != p.fingerprint {
+		t.Errorf("banner fingerprint %s, the server presents %s", p.fingerprint, got)
+	}
+	if openssl, err := exec.LookPath("openssl"); err == nil {
+		out, err := exec.Command(openssl, "x509", "-noout", "-fingerprint", "-sha256", "-in", cert).Output()
+		if err != nil {
+			t.Fatalf("openssl x509: %v", err)
+		}
+		if _, fp, _ := strings.Cut(strings.TrimSpace(string(out)), "="); fp != p.fingerprint {
+			t.Errorf("openssl says %s, the banner %s", fp, p.fingerprint)
+		}
+	}
+	hostport := strings.TrimPrefix(p.api, "https://")
+	host, port, _ := strings.Cut(hostport, ":")
+	want := "pvesm add backstop backstop --server " + host + " --port " + port + " --fingerprint " + p.fingerprint + " --token "
+	if !strings.Contains(p.stdout.String(), want) {
+		t.Errorf("banner lacks %q:\n%s", want, p.stdout)
+	}
+	return p.fingerprint
+}
+
 // TestZeroConfig_RunCommand is the README's run command from an empty
-// directory: the server makes backstop-data, prints its URLs and a new admin
-// token, takes a VM backup from a real qemu-nbd export and serves it back
-// over NBD; a second server on the same directory refuses; `token create`
-// and `migrate` work on the embedded catalog; a restart reuses the token and
-// no longer prints it.
+// directory: the server makes backstop-data, generates a self-signed
+// certificate, prints its https URLs, the certificate's fingerprint and a
+// new admin token, takes a VM backup from a real qemu-nbd export over
+// HTTPS pinned to that fingerprint and serves it back over NBD; `server
+// healthcheck` probes it; a second server on the same directory refuses;
+// `token create` and `migrate` work on the embedded catalog; a restart
+// reuses the token (no longer printing it) and the certificate.
 func TestZeroConfig_RunCommand(t *testing.T) {
 	bin := serverBinary(t)
 	testenv.Tool(t, testenv.PeerQEMU, "qemu-nbd")
@@ -267,6 +373,32 @@ func TestZeroConfig_RunCommand(t *testing.T) {
 	tok := strings.TrimSpace(string(b))
 	if !tokenFormat.MatchString(tok) || srv.token != tok {
 		t.Fatalf("admin token file holds %q, the banner showed %q", tok, srv.token)
+	}
+	fp := checkCertificate(t, srv, data)
+	if !strings.Contains(srv.stdout.String(), "generated now") {
+		t.Errorf("the first start does not say it generated the certificate:\n%s", srv.stdout)
+	}
+	certSum := fileSHA256(t, filepath.Join(data, "tls", "cert.pem"))
+	pc := pinnedClient(fp)
+	call := func(t *testing.T, method, url, token string, body any, out any) int {
+		t.Helper()
+		return callWith(t, pc, method, url, token, body, out)
+	}
+	// Plain HTTP gets no API.
+	plain := "http://" + strings.TrimPrefix(srv.api, "https://") + "/api/v1/status"
+	if code := callWith(t, http.DefaultClient, "GET", plain, tok, nil, nil); code != http.StatusBadRequest {
+		t.Errorf("plain HTTP to the HTTPS port answered %d, want 400", code)
+	}
+	// A client pinned to another fingerprint is refused.
+	other := pinnedClient(strings.Repeat("00:", 31) + "00")
+	if _, err := other.Get(srv.api + "/healthz"); err == nil || !strings.Contains(err.Error(), "fingerprint") {
+		t.Errorf("a client pinned to another fingerprint got through: %v", err)
+	}
+	// `server healthcheck` from the same environment finds the server and
+	// accepts its self-signed certificate.
+	hc := startBin(t, bin, work, bareEnv(home, "BACKSTOP_LISTEN="+strings.TrimPrefix(srv.api, "https://")), "healthcheck")
+	if code := hc.exitCode(t); code != 0 || hc.stdout.String() == "" {
+		t.Errorf("healthcheck: exit %d, stdout %q, stderr %s", code, hc.stdout, hc.stderr)
 	}
 	if !strings.Contains(srv.stdout.String(), "Dashboard: "+srv.api+"/\n") {
 		t.Errorf("banner shows no dashboard URL:\n%s", srv.stdout)
@@ -328,6 +460,26 @@ func TestZeroConfig_RunCommand(t *testing.T) {
 	if got := fileSHA256(t, out); got != want {
 		t.Fatalf("restored disk sha256 %s, backed up %s", got, want)
 	}
+	// The same export over NBD STARTTLS, trusting the generated certificate.
+	caDir := t.TempDir()
+	certPEM, err := os.ReadFile(filepath.Join(data, "tls", "cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(caDir, "ca-cert.pem"), certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eu, err := url.Parse(export.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outTLS := filepath.Join(t.TempDir(), "restored-tls.raw")
+	qemuTool(t, "qemu-img", "convert", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+caDir,
+		"--image-opts", fmt.Sprintf("driver=nbd,host=%s,port=%s,export=%s,tls-creds=tls0", eu.Hostname(), eu.Port(), strings.TrimPrefix(eu.Path, "/")),
+		"-O", "raw", outTLS)
+	if got := fileSHA256(t, outTLS); got != want {
+		t.Fatalf("disk restored over NBD STARTTLS: sha256 %s, backed up %s", got, want)
+	}
 
 	// A second server on the same data directory refuses at once.
 	second := startBin(t, bin, work, env, listen...)
@@ -369,6 +521,12 @@ func TestZeroConfig_RunCommand(t *testing.T) {
 	if !strings.Contains(again.stdout.String(), tokenFile) {
 		t.Errorf("a later start does not say where the token is:\n%s", again.stdout)
 	}
+	if got := checkCertificate(t, again, data); got != fp {
+		t.Errorf("the certificate changed on restart: fingerprint %s, was %s", got, fp)
+	}
+	if got := fileSHA256(t, filepath.Join(data, "tls", "cert.pem")); got != certSum || strings.Contains(again.stdout.String(), "generated now") {
+		t.Errorf("a later start regenerated the certificate:\n%s", again.stdout)
+	}
 	wantMode(t, tokenFile, 0o600)
 	if b, _ := os.ReadFile(tokenFile); strings.TrimSpace(string(b)) != tok {
 		t.Errorf("the token file changed on restart")
@@ -376,6 +534,68 @@ func TestZeroConfig_RunCommand(t *testing.T) {
 	snaps = nil
 	if code := call(t, "GET", again.api+"/api/v1/snapshots", tok, nil, &snaps); code != 200 || len(snaps) != 1 || snaps[0].Name != sess.Name {
 		t.Fatalf("snapshots after restart with the same token: %d %v", code, snaps)
+	}
+}
+
+// TestZeroConfig_TLSOff: --tls=off serves plain HTTP (behind a proxy that
+// terminates TLS) and makes no certificate; healthcheck follows
+// BACKSTOP_TLS=off.
+func TestZeroConfig_TLSOff(t *testing.T) {
+	bin := serverBinary(t)
+	work, home := t.TempDir(), t.TempDir()
+	srv := startBin(t, bin, work, bareEnv(home), "--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0", "--tls=off")
+	srv.waitBanner(t)
+	if !strings.HasPrefix(srv.api, "http://") || srv.fingerprint != "" || !strings.Contains(srv.stdout.String(), "TLS:       off") {
+		t.Fatalf("--tls=off banner:\n%s", srv.stdout)
+	}
+	if strings.Contains(srv.stdout.String(), "pvesm add") {
+		t.Errorf("--tls=off banner offers a pvesm command PVE cannot use:\n%s", srv.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(work, "backstop-data", "tls")); !os.IsNotExist(err) {
+		t.Errorf("--tls=off made a certificate directory: %v", err)
+	}
+	var snaps []struct{ Name string }
+	if code := call(t, "GET", srv.api+"/api/v1/snapshots", srv.token, nil, &snaps); code != 200 {
+		t.Fatalf("snapshots over plain HTTP: %d", code)
+	}
+	hc := startBin(t, bin, work, bareEnv(home, "BACKSTOP_TLS=off", "BACKSTOP_LISTEN="+strings.TrimPrefix(srv.api, "http://")), "healthcheck")
+	if code := hc.exitCode(t); code != 0 {
+		t.Errorf("healthcheck with BACKSTOP_TLS=off: exit %d\n%s", code, hc.stderr)
+	}
+}
+
+// TestZeroConfig_OwnCertificate: with BACKSTOP_TLS_CERT/KEY the data
+// directory server serves that certificate, shows its fingerprint and
+// generates none.
+func TestZeroConfig_OwnCertificate(t *testing.T) {
+	bin := serverBinary(t)
+	work, home := t.TempDir(), t.TempDir()
+	certPEM, keyPEM, err := newSelfSigned([]string{"backstop.test", "127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key := filepath.Join(home, "cert.pem"), filepath.Join(home, "key.pem")
+	if err := os.WriteFile(cert, certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startBin(t, bin, work, bareEnv(home, "BACKSTOP_TLS_CERT="+cert, "BACKSTOP_TLS_KEY="+key),
+		"--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0")
+	srv.waitBanner(t)
+	want := pemFingerprint(t, cert)
+	if srv.fingerprint != want || servedFingerprint(t, srv.api) != want {
+		t.Fatalf("banner fingerprint %q, file %s, served %s:\n%s", srv.fingerprint, want, servedFingerprint(t, srv.api), srv.stdout)
+	}
+	if strings.Contains(srv.stdout.String(), "self-signed") {
+		t.Errorf("the banner calls a given certificate self-signed:\n%s", srv.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(work, "backstop-data", "tls")); !os.IsNotExist(err) {
+		t.Errorf("a certificate was generated although one is configured: %v", err)
+	}
+	if code := callWith(t, pinnedClient(want), "GET", srv.api+"/api/v1/snapshots", srv.token, nil, nil); code != 200 {
+		t.Errorf("snapshots over the given certificate: %d", code)
 	}
 }
 
