@@ -1,7 +1,6 @@
 package sqlitecat
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -23,7 +22,7 @@ func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files 
 		return wrapf(invalid("archive name is empty"), "add files to snapshot %s", snapshotID)
 	}
 	for i := range files {
-		if err := checkFile(&files[i]); err != nil {
+		if err := backup.CheckFileEntry(&files[i]); err != nil {
 			return wrapf(err, "add files to snapshot %s", snapshotID)
 		}
 	}
@@ -55,7 +54,7 @@ func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files 
 			if f.LinkTarget != nil {
 				link = f.LinkTarget
 			}
-			if _, err := stmt.ExecContext(ctx, uid, archive, f.Path, parentDir(f.Path), string(f.Type), f.Size, f.Mode,
+			if _, err := stmt.ExecContext(ctx, uid, archive, f.Path, backup.FileParentDir(f.Path), string(f.Type), f.Size, f.Mode,
 				f.UID, f.GID, f.ModTime.Unix(), f.ModTime.Nanosecond(), link, f.Offset,
 				f.MetaOffset, f.PayloadOffset, f.VolatileOffset); err != nil {
 				return err
@@ -72,47 +71,6 @@ func (s *Store) AddFiles(ctx context.Context, snapshotID, archive string, files 
 	return nil
 }
 
-func checkFile(f *backup.FileEntry) error {
-	switch {
-	case !cleanPath(f.Path):
-		return invalid("file path %q: want an absolute path without ., .., empty components or NUL", f.Path)
-	case !f.Type.Valid():
-		return invalid("file %q: unknown type %q", f.Path, f.Type)
-	case f.Size < 0 || f.Offset < 0 || f.MetaOffset < 0 || f.PayloadOffset < 0 || f.VolatileOffset < 0:
-		return invalid("file %q: negative size or offset", f.Path)
-	}
-	return nil
-}
-
-// cleanPath reports whether p is "/" or "/a/b" with no empty, "." or ".."
-// component and no NUL.
-func cleanPath(p []byte) bool {
-	if len(p) == 0 || p[0] != '/' || bytes.IndexByte(p, 0) >= 0 {
-		return false
-	}
-	if len(p) == 1 {
-		return true
-	}
-	for _, c := range bytes.Split(p[1:], []byte{'/'}) {
-		if len(c) == 0 || string(c) == "." || string(c) == ".." {
-			return false
-		}
-	}
-	return true
-}
-
-// parentDir returns the directory a clean path is listed in; "" for "/".
-func parentDir(p []byte) []byte {
-	if len(p) <= 1 {
-		return []byte{}
-	}
-	i := bytes.LastIndexByte(p, '/')
-	if i == 0 {
-		return []byte{'/'}
-	}
-	return p[:i]
-}
-
 const fileCols = `archive, path, type, size, mode, uid, gid, mtime, mtime_nsec, link_target, stream_offset,
 	meta_offset, payload_offset, volatile_offset`
 
@@ -120,7 +78,7 @@ const fileCols = `archive, path, type, size, mode, uid, gid, mtime, mtime_nsec, 
 // snapshot, one per path (the one latest in its archive's stream, as tar
 // extraction keeps), ordered by archive and path.
 func (s *Store) ListFiles(ctx context.Context, snapshotID string, dir []byte) ([]backup.FileEntry, error) {
-	if !cleanPath(dir) {
+	if !backup.CleanFilePath(dir) {
 		return nil, wrapf(invalid("directory %q: want an absolute path without ., .. or empty components", dir),
 			"list files of snapshot %s", snapshotID)
 	}

@@ -20,7 +20,7 @@ const snapCols = `id, ns, name, COALESCE(job_id, ''), storage, vmid, type,
 // type, vmid and backup time; a given one must equal it. An empty ID gets a
 // new one. CreatedAt is now.
 func (s *Store) CreateSnapshot(ctx context.Context, snap backup.Snapshot) (backup.Snapshot, error) {
-	if err := checkNewSnapshot(&snap); err != nil {
+	if err := backup.CheckNewSnapshot(&snap); err != nil {
 		return backup.Snapshot{}, wrapf(err, "create snapshot")
 	}
 	id := uuid.Must(uuid.NewV7()).String()
@@ -63,28 +63,6 @@ func (s *Store) CreateSnapshot(ctx context.Context, snap backup.Snapshot) (backu
 		return backup.Snapshot{}, wrapf(createSnapshotError(err, snap), "create snapshot %s in %s", snap.Name, snap.Namespace)
 	}
 	return out, nil
-}
-
-func checkNewSnapshot(snap *backup.Snapshot) error {
-	if err := backup.ValidateNamespace(snap.Namespace); err != nil {
-		return err
-	}
-	if !snap.Type.Valid() {
-		return invalid("guest type %q: want qemu or lxc", snap.Type)
-	}
-	if snap.VMID < 1 {
-		return invalid("vmid %d: want a positive number", snap.VMID)
-	}
-	if snap.BackupTime.IsZero() {
-		return invalid("backup time is missing")
-	}
-	want := backup.SnapshotName(snap.Type, snap.VMID, snap.BackupTime)
-	if snap.Name == "" {
-		snap.Name = want
-	} else if snap.Name != want {
-		return invalid("snapshot name %q does not match type, vmid and backup time (want %q)", snap.Name, want)
-	}
-	return nil
 }
 
 func createSnapshotError(err error, snap backup.Snapshot) error {
