@@ -74,31 +74,16 @@ func (s *Store) ExclusiveBytes(ctx context.Context, id string) (int64, error) {
 	return n, nil
 }
 
-// groupKey is a guest.
-type groupKey struct {
-	vmid int
-	typ  string
-}
-
-// chunkTally is what accounting knows of one distinct chunk.
-type chunkTally struct {
-	n      int32 // references from the snapshots counted
-	refs   int32 // all committed references (chunks.refs)
-	stored int64
-	found  bool
-}
-
-// eachSnapshotRefs calls fn with the refs of each committed snapshot of ns
-// (vmid 0: all), by guest. The blob is only valid during the call.
-func eachSnapshotRefs(ctx context.Context, q querier, ns string, vmid int,
-	fn func(g groupKey, size, newBytes int64, refs []byte)) error {
+// eachSnapshotRefs calls fn with each committed snapshot of ns (vmid 0:
+// all), by guest. The refs blob is only valid during the call.
+func eachSnapshotRefs(ctx context.Context, q querier, ns string, vmid int, fn func(backup.SnapshotRefs)) error {
 	rows, _ := q.Query(ctx, `SELECT vmid, type, size, new_bytes, refs FROM snapshots
 		WHERE ns = $1 AND state = 'committed' AND ($2 = 0 OR vmid = $2) ORDER BY vmid, type`, ns, vmid)
-	var g groupKey
-	var size, newBytes int64
-	var blob []byte
-	_, err := pgx.ForEachRow(rows, []any{&g.vmid, &g.typ, &size, &newBytes, &blob}, func() error {
-		fn(g, size, newBytes, blob)
+	var s backup.SnapshotRefs
+	var typ string
+	_, err := pgx.ForEachRow(rows, []any{&s.VMID, &typ, &s.Size, &s.NewBytes, &s.Refs}, func() error {
+		s.Type = backup.GuestType(typ)
+		fn(s)
 		return nil
 	})
 	return err
@@ -108,7 +93,7 @@ func eachSnapshotRefs(ctx context.Context, q querier, ns string, vmid int,
 // in tally: when they are a good part of all chunks, by reading the whole
 // table once (a sequential scan streams far faster than lookups); else in
 // sorted batches of lookups.
-func lookupChunks(ctx context.Context, q querier, tally map[backup.ChunkID]*chunkTally) error {
+func lookupChunks(ctx context.Context, q querier, tally *backup.UsageTally) error {
 	var estimate float64
 	if err := q.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = 'chunks'::regclass`).Scan(&estimate); err != nil {
 		return err
@@ -118,23 +103,16 @@ func lookupChunks(ctx context.Context, q querier, tally map[backup.ChunkID]*chun
 		var stored int64
 		var refs int32
 		_, err := pgx.ForEachRow(rows, []any{&id, &stored, &refs}, func() error {
-			if t := tally[backup.ChunkID(id)]; t != nil {
-				t.stored, t.refs, t.found = stored, refs, true
-			}
+			tally.SetChunk(backup.ChunkID(id), stored, refs)
 			return nil
 		})
 		return err
 	}
-	if float64(len(tally))*scanRatio >= estimate {
+	if float64(tally.Len())*scanRatio >= estimate {
 		rows, _ := q.Query(ctx, `SELECT id, stored_size, refs FROM chunks`)
 		return fill(rows)
 	}
-	ids := make([]backup.ChunkID, 0, len(tally))
-	for id := range tally {
-		ids = append(ids, id)
-	}
-	slices.SortFunc(ids, func(a, b backup.ChunkID) int { return bytes.Compare(a[:], b[:]) })
-	for batch := range slices.Chunk(ids, lookupBatch) {
+	for batch := range slices.Chunk(tally.IDs(), lookupBatch) {
 		rows, _ := q.Query(ctx, `SELECT id, stored_size, refs FROM chunks WHERE id = ANY($1)`, idParams(batch))
 		if err := fill(rows); err != nil {
 			return err
@@ -143,80 +121,21 @@ func lookupChunks(ctx context.Context, q querier, tally map[backup.ChunkID]*chun
 	return nil
 }
 
-// figures adds up tallied chunks. A chunk is exclusive to the snapshots
-// counted when all of its references are theirs.
-func figures(f *backup.UsageFigures, tally map[backup.ChunkID]*chunkTally, counts map[backup.ChunkID]int32) {
-	for id, n := range counts {
-		t := tally[id]
-		if !t.found {
-			continue // cannot be: a committed snapshot holds a reference
-		}
-		f.Chunks++
-		f.StoredBytes += t.stored
-		if t.refs == n {
-			f.ExclusiveBytes += t.stored
-		}
-	}
+// readOnly runs fn in one read-only, repeatable-read transaction: one
+// consistent state of the catalog for figures read in several queries.
+func (s *Store) readOnly(ctx context.Context, fn func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
 // Usage computes a namespace's figures (vmid > 0: one guest's) in one
-// read-only snapshot of the catalog. The refs are read twice: once to find
-// the distinct chunks (looked up once), once per guest to count them.
+// read-only snapshot of the catalog (backup.ComputeUsage adds up).
 func (s *Store) Usage(ctx context.Context, ns string, vmid int) (backup.Usage, error) {
 	var u backup.Usage
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		u = backup.Usage{Namespace: ns, Guests: []backup.GuestUsage{}}
-		tally := map[backup.ChunkID]*chunkTally{}
-		err := eachSnapshotRefs(ctx, tx, ns, vmid, func(_ groupKey, size, newBytes int64, refs []byte) {
-			u.Snapshots++
-			u.LogicalBytes += size
-			u.NewBytes += newBytes
-			for len(refs) >= len(backup.ChunkID{}) {
-				id := backup.ChunkID(refs[:len(backup.ChunkID{})])
-				refs = refs[len(backup.ChunkID{}):]
-				t := tally[id]
-				if t == nil {
-					t = &chunkTally{}
-					tally[id] = t
-				}
-				t.n++
-			}
-		})
-		if err != nil {
-			return err
-		}
-		if err := lookupChunks(ctx, tx, tally); err != nil {
-			return err
-		}
-		counts := make(map[backup.ChunkID]int32, len(tally))
-		for id, t := range tally {
-			counts[id] = t.n
-		}
-		figures(&u.UsageFigures, tally, counts)
-		// Per guest: the snapshots come ordered by guest.
-		var cur *backup.GuestUsage
-		clear(counts)
-		flush := func() {
-			if cur != nil {
-				figures(&cur.UsageFigures, tally, counts)
-				u.Guests = append(u.Guests, *cur)
-				clear(counts)
-			}
-		}
-		err = eachSnapshotRefs(ctx, tx, ns, vmid, func(g groupKey, size, newBytes int64, refs []byte) {
-			if cur == nil || cur.VMID != g.vmid || string(cur.Type) != g.typ {
-				flush()
-				cur = &backup.GuestUsage{VMID: g.vmid, Type: backup.GuestType(g.typ)}
-			}
-			cur.Snapshots++
-			cur.LogicalBytes += size
-			cur.NewBytes += newBytes
-			for len(refs) >= len(backup.ChunkID{}) {
-				counts[backup.ChunkID(refs[:len(backup.ChunkID{})])]++
-				refs = refs[len(backup.ChunkID{}):]
-			}
-		})
-		flush()
+	err := s.readOnly(ctx, func(tx pgx.Tx) error {
+		var err error
+		u, err = backup.ComputeUsage(ns,
+			func(fn func(backup.SnapshotRefs)) error { return eachSnapshotRefs(ctx, tx, ns, vmid, fn) },
+			func(t *backup.UsageTally) error { return lookupChunks(ctx, tx, t) })
 		return err
 	})
 	if err != nil {
@@ -228,26 +147,15 @@ func (s *Store) Usage(ctx context.Context, ns string, vmid int) (backup.Usage, e
 // NamespaceStoredBytes sums the distinct chunks of a namespace.
 func (s *Store) NamespaceStoredBytes(ctx context.Context, ns string) (int64, error) {
 	var n int64
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		tally := map[backup.ChunkID]*chunkTally{}
-		err := eachSnapshotRefs(ctx, tx, ns, 0, func(_ groupKey, _, _ int64, refs []byte) {
-			for len(refs) >= len(backup.ChunkID{}) {
-				id := backup.ChunkID(refs[:len(backup.ChunkID{})])
-				refs = refs[len(backup.ChunkID{}):]
-				if tally[id] == nil {
-					tally[id] = &chunkTally{}
-				}
-			}
-		})
-		if err != nil {
+	err := s.readOnly(ctx, func(tx pgx.Tx) error {
+		tally := backup.NewUsageTally()
+		if err := eachSnapshotRefs(ctx, tx, ns, 0, func(s backup.SnapshotRefs) { tally.Add(s.Refs) }); err != nil {
 			return err
 		}
 		if err := lookupChunks(ctx, tx, tally); err != nil {
 			return err
 		}
-		for _, t := range tally {
-			n += t.stored
-		}
+		n = tally.StoredBytes()
 		return nil
 	})
 	if err != nil {
